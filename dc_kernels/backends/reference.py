@@ -1,0 +1,213 @@
+"""The torch backend: the readable reference every other backend is tested against.
+
+It is also the base class of the other backends, which override the steps they accelerate.
+The contract of each step (shapes, dtypes, in-place effects) is written here once.
+
+All point arrays are batched: ``x`` is (B, N, d) and ``centroids`` is (B, K, d) float32,
+both contiguous and on the same device; B independent problems never mix.
+"""
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+# Perturbation applied to both copies of a split centroid, as in faiss (relative, symmetric).
+SPLIT_EPS = 1.0 / 1024.0
+# Rows per matmul tile are chosen so that a tile of distances holds at most this many entries.
+TILE_ENTRIES = 1 << 24
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    """splitmix64 finaliser: the integer hash every backend uses for split draws."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def split_draw(seed: int, iteration: int, cluster: int) -> int:
+    """The 64-bit random draw used to pick the donor of empty ``cluster`` at ``iteration``.
+
+    Integer-only, so that every backend (Python, C++, Triton, CUDA) picks the same donor.
+    """
+    return _mix64(_mix64(_mix64(seed & _MASK64) ^ iteration) ^ cluster)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Make fp32 matmuls on CUDA exact ('fp32') or TF32 ('tf32') for the duration."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+MATMUL_DTYPE = {"fp32": torch.float32, "tf32": torch.float32,
+                "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchBackend:
+    """Chunked torch implementation of every step; runs on any device torch supports."""
+
+    name = "torch"
+    precisions: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str:
+        """'' when this backend can run on ``device``, else why not."""
+        return ""
+
+    # ------------------------------------------------------------------ k-means steps
+    def assign(self, x: torch.Tensor, centroids: torch.Tensor,
+               precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest centroid of every point.
+
+        Returns (dist, labels): squared L2 distances (B, N) float32, clamped at 0, and indices
+        (B, N) int64; ties go to the lowest index. Distances are ||x||^2 - 2 x.c + ||c||^2 with
+        the dot products computed in ``precision`` and accumulated in fp32.
+        """
+        batch, n, _ = x.shape
+        k = centroids.shape[1]
+        dist = torch.empty(batch, n, dtype=torch.float32, device=x.device)
+        labels = torch.empty(batch, n, dtype=torch.int64, device=x.device)
+        mm_dtype = MATMUL_DTYPE[precision]
+        c_sqnorm = (centroids * centroids).sum(-1)
+        rows = max(1, TILE_ENTRIES // k)
+        with matmul_precision(precision, x.device):
+            for b in range(batch):
+                c_mm = centroids[b].to(mm_dtype)
+                for start in range(0, n, rows):
+                    xs = x[b, start:start + rows]
+                    dots = (xs.to(mm_dtype) @ c_mm.T).float()
+                    # ||c||^2 - 2 x.c decides the argmin; ||x||^2 is added afterwards.
+                    partial = torch.add(c_sqnorm[b], dots, alpha=-2.0)
+                    best, idx = partial.min(dim=1)
+                    xf = xs.float()
+                    dist[b, start:start + rows] = (best + (xf * xf).sum(1)).clamp_min_(0.0)
+                    labels[b, start:start + rows] = idx
+        return dist, labels
+
+    def update(self, x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+        """Overwrite ``centroids`` with the mean of their points; empty clusters keep theirs.
+
+        Returns the cluster sizes (B, K) int64.
+        """
+        batch, n, d = x.shape
+        k = centroids.shape[1]
+        offsets = torch.arange(batch, device=x.device).unsqueeze(1) * k
+        flat = (labels + offsets).reshape(-1)
+        sums = torch.zeros(batch * k, d, dtype=torch.float32, device=x.device)
+        rows = max(1, TILE_ENTRIES // d)
+        x_flat = x.reshape(-1, d)
+        for start in range(0, batch * n, rows):
+            sums.index_add_(0, flat[start:start + rows], x_flat[start:start + rows].float())
+        counts = torch.bincount(flat, minlength=batch * k).view(batch, k)
+        sums = sums.view(batch, k, d)
+        nonempty = counts > 0
+        means = sums / counts.clamp_min(1).unsqueeze(-1).to(torch.float32)
+        centroids.copy_(torch.where(nonempty.unsqueeze(-1), means, centroids))
+        return counts
+
+    def split(self, centroids: torch.Tensor, counts: torch.Tensor, seed: int,
+              iteration: int) -> torch.Tensor:
+        """Split empty clusters, in place on ``centroids`` and ``counts``; returns nsplit (B,).
+
+        The shared semantics: empty clusters are visited in index order. For each, with the
+        current counts, weight_m = max(count_m - 1, 0) and W = sum(weight); if W == 0 nothing
+        more can be split. Otherwise r = split_draw(seed, iteration, j) % W and the donor is
+        the first m whose running sum of weights exceeds r (probability proportional to
+        size - 1, so singletons never donate). The empty cluster takes the donor's centroid;
+        coordinate t of the copy is scaled by (1 + eps) and the donor's by (1 - eps) for even
+        t, the other way round for odd t (eps = 1/1024); counts: new = donor // 2 and the
+        donor keeps the rest, so both stay non-empty.
+
+        This reference reads the counts on the host; device backends do not.
+        """
+        batch, k, d = centroids.shape
+        host_counts = counts.cpu()
+        nsplit = torch.zeros(batch, dtype=torch.int64)
+        sign = torch.ones(d, dtype=torch.float32, device=centroids.device)
+        sign[1::2] = -1.0
+        grow = 1.0 + SPLIT_EPS * sign
+        shrink = 1.0 - SPLIT_EPS * sign
+        for b in range(batch):
+            cnt = host_counts[b].tolist()
+            weights = [max(c - 1, 0) for c in cnt]
+            total = sum(weights)
+            for j in range(k):
+                if cnt[j] != 0:
+                    continue
+                if total == 0:
+                    break
+                r = split_draw(seed, iteration, j) % total
+                donor, running = 0, weights[0]
+                while running <= r:
+                    donor += 1
+                    running += weights[donor]
+                donor_centroid = centroids[b, donor].clone()
+                centroids[b, j] = donor_centroid * grow
+                centroids[b, donor] = donor_centroid * shrink
+                cnt[j] = cnt[donor] // 2
+                cnt[donor] -= cnt[j]
+                total -= weights[donor]
+                weights[donor] = max(cnt[donor] - 1, 0)
+                weights[j] = max(cnt[j] - 1, 0)
+                total += weights[donor] + weights[j]
+                nsplit[b] += 1
+            host_counts[b] = torch.tensor(cnt)
+        counts.copy_(host_counts)
+        return nsplit.to(centroids.device)
+
+    # ------------------------------------------------------------------ PCA steps
+    def covariance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (d,) and covariance (d, d) of the rows of x (N, d), both float64.
+
+        Divides by N (population covariance), as faiss.PCAMatrix does.
+        """
+        n, d = x.shape
+        total = torch.zeros(d, dtype=torch.float64, device=x.device)
+        gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+        rows = max(1, TILE_ENTRIES // max(d, 1))
+        for start in range(0, n, rows):
+            xs = x[start:start + rows].double()
+            total += xs.sum(0)
+            gram.addmm_(xs.T, xs)
+        mean = total / n
+        cov = gram / n - torch.outer(mean, mean)
+        return mean, cov
+
+    def top_eigh(self, cov: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``count`` largest eigenpairs of a symmetric float64 matrix, largest first.
+
+        Returns (values (count,), vectors (d, count)), float64.
+        """
+        values, vectors = torch.linalg.eigh(cov)
+        order = torch.argsort(values, descending=True)[:count]
+        return values[order], vectors[:, order]
+
+    def pca_apply(self, x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
+                  normalize: bool) -> torch.Tensor:
+        """y = (x - mean) @ proj, then each row L2-normalised when ``normalize``.
+
+        x (N, d_in) any float dtype; mean (d_in,) and proj (d_in, d_out) float32; the whitening
+        scale is already folded into proj. Returns (N, d_out) float32.
+        """
+        n = x.shape[0]
+        d_out = proj.shape[1]
+        out = torch.empty(n, d_out, dtype=torch.float32, device=x.device)
+        rows = max(1, TILE_ENTRIES // max(x.shape[1], d_out))
+        with matmul_precision("fp32", x.device):
+            for start in range(0, n, rows):
+                y = (x[start:start + rows].float() - mean) @ proj
+                if normalize:
+                    y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                out[start:start + rows] = y
+        return out

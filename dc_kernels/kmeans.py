@@ -1,0 +1,262 @@
+"""k-means: the faiss-shaped ``Kmeans`` class and the functional ``kmeans``.
+
+One Lloyd loop serves both and every backend: assign -> objective -> update -> split empty
+clusters (-> normalise when spherical). Nothing inside the loop reads a value back to the host
+on device backends; the per-iteration statistics are gathered once at the end.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _arrays
+from .backends import TorchBackend, get_backend
+
+log = logging.getLogger("dc_kernels")
+
+DEFAULT_SEED = 1234  # faiss's default
+
+
+@dataclass
+class KmeansResult:
+    """What ``kmeans`` returns, in the caller's array kind and device.
+
+    centroids (K, d) float32, labels (N,) int64 (assignment to the final centroids), inertia
+    (sum of squared distances of those labels), history (one dict per iteration, as
+    ``Kmeans.iteration_stats``), backend (the one that ran). Batched inputs give a leading B
+    axis and inertia of shape (B,).
+    """
+
+    centroids: Any
+    labels: Any
+    inertia: float | np.ndarray
+    history: list[dict] = field(default_factory=list)
+    backend: str = ""
+
+
+class _Clock:
+    """Per-iteration timestamps without host syncs: CUDA events on GPUs, perf_counter on CPUs."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds_since_first(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [self.marks[0].elapsed_time(m) / 1000.0 for m in self.marks]
+        return [m - self.marks[0] for m in self.marks]
+
+
+def _random_init(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """k distinct random points (the same indices for every problem of a batch), float32."""
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(x.shape[1], generator=generator)[:k].to(x.device)
+    return x[:, index].float().contiguous()
+
+
+def _subsample(x: torch.Tensor, k: int, max_points_per_centroid: int | None,
+               seed: int) -> torch.Tensor:
+    n = x.shape[1]
+    if max_points_per_centroid is None or n <= k * max_points_per_centroid:
+        return x
+    keep = k * max_points_per_centroid
+    log.warning("dc_kernels: sampling %d of %d points (max_points_per_centroid=%d)",
+                keep, n, max_points_per_centroid)
+    generator = torch.Generator().manual_seed(seed + 1)
+    index = torch.randperm(n, generator=generator)[:keep].to(x.device)
+    return x[:, index].contiguous()
+
+
+def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBackend,
+          precision: str, seed: int, spherical: bool = False,
+          verbose: bool = False) -> tuple[torch.Tensor, list[dict]]:
+    """Run ``niter`` Lloyd iterations on validated (B, N, d) data from (B, K, d) centroids.
+
+    ``centroids`` is updated in place and returned with the per-iteration statistics.
+    """
+    batch, n, _ = x.shape
+    k = centroids.shape[1]
+    clock = _Clock(x.device)
+    objs, imbalances, nsplits = [], [], []
+    clock.mark()
+    for iteration in range(niter):
+        dist, labels = backend.assign(x, centroids, precision)
+        objs.append(dist.sum(-1, dtype=torch.float64))
+        counts = backend.update(x, labels, centroids)
+        # faiss's imbalance factor: K * sum(size^2) / N^2 (1.0 when perfectly balanced).
+        imbalances.append(k * counts.double().square().sum(-1) / float(n) ** 2)
+        nsplits.append(backend.split(centroids, counts, seed, iteration))
+        if spherical:
+            centroids.div_(centroids.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        clock.mark()
+        if verbose:
+            print(f"  iteration {iteration}: objective={objs[-1].tolist()} "
+                  f"nsplit={nsplits[-1].tolist()}", flush=True)
+    times = clock.seconds_since_first()
+    history = []
+    if niter:
+        obj_rows = torch.stack(objs).cpu().numpy()
+        imb_rows = torch.stack(imbalances).cpu().numpy()
+        split_rows = torch.stack(nsplits).cpu().numpy()
+        for it in range(niter):
+            history.append({"obj": obj_rows[it], "time": times[it + 1],
+                            "imbalance_factor": imb_rows[it], "nsplit": split_rows[it]})
+    return centroids, history
+
+
+def _unbatch_history(history: list[dict]) -> list[dict]:
+    return [{key: (value[0].item() if isinstance(value, np.ndarray) else value)
+             for key, value in row.items()} for row in history]
+
+
+def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: str,
+             precision: str) -> tuple[torch.Tensor, _arrays.ArrayKind, bool, torch.Tensor | None,
+                                      TorchBackend]:
+    """Validate and convert the inputs of a k-means run; returns batched tensors."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _arrays.check_precision(precision)
+    xt, kind = _arrays.to_tensor(x)
+    _arrays.check_points(xt, "x", d=d)
+    batched = xt.dim() == 3
+    xb = _arrays.as_batched(xt)
+    if k > xb.shape[1]:
+        raise ValueError(f"k={k} is larger than the number of points N={xb.shape[1]}")
+    backend = get_backend(backend_name, xb.device)
+    if precision not in backend.precisions:
+        raise ValueError(f"backend {backend.name!r} supports precisions {backend.precisions}, "
+                         f"not {precision!r}")
+    init = None
+    if init_centroids is not None:
+        it, _ = _arrays.to_tensor(init_centroids, "init_centroids")
+        _arrays.check_points(it, "init_centroids", d=xb.shape[-1])
+        want = (xb.shape[0], k, xb.shape[-1]) if batched else (k, xb.shape[-1])
+        if tuple(it.shape) != want:
+            raise ValueError(f"init_centroids must have shape {want}, got {tuple(it.shape)}")
+        init = _arrays.as_batched(it).to(device=xb.device, dtype=torch.float32).contiguous()
+    if not xb.is_contiguous():
+        xb = xb.contiguous()
+    return xb, kind, batched, init, backend
+
+
+def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spherical: bool = False,
+           backend: str = "auto", precision: str = "fp32", init_centroids: Any = None,
+           max_points_per_centroid: int | None = None, verbose: bool = False) -> KmeansResult:
+    """Cluster the rows of x (N, d) — or B independent problems x (B, N, d) — into k clusters.
+
+    Returns centroids, labels and inertia of the final centroids over all of x, and the
+    per-iteration history, in the caller's array kind and on its device.
+    """
+    xb, kind, batched, init, impl = _prepare(x, k, None, init_centroids, backend, precision)
+    centroids, history = _train(xb, k, niter, init, impl, precision, seed, spherical,
+                                max_points_per_centroid, verbose)
+    dist, labels = impl.assign(xb, centroids, precision)
+    inertia = dist.sum(-1, dtype=torch.float64).cpu().numpy()
+    if not batched:
+        centroids, labels, inertia, history = (centroids[0], labels[0], float(inertia[0]),
+                                               _unbatch_history(history))
+    return KmeansResult(kind.wrap(centroids), kind.wrap(labels), inertia, history, impl.name)
+
+
+def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl: TorchBackend,
+           precision: str, seed: int, spherical: bool, max_points_per_centroid: int | None,
+           verbose: bool) -> tuple[torch.Tensor, list[dict]]:
+    if isinstance(niter, bool) or not isinstance(niter, int | np.integer) or niter < 0:
+        raise ValueError(f"niter must be a non-negative integer, got {niter!r}")
+    sample = _subsample(xb, k, max_points_per_centroid, seed)
+    centroids = _random_init(sample, k, seed) if init is None else init.clone()
+    if verbose:
+        print(f"dc_kernels k-means: B={xb.shape[0]} N={sample.shape[1]} d={xb.shape[2]} k={k} "
+              f"niter={niter} backend={impl.name} precision={precision}", flush=True)
+    return lloyd(sample, centroids, niter, impl, precision, seed, spherical, verbose)
+
+
+class Kmeans:
+    """Drop-in for ``faiss.Kmeans``: ``Kmeans(d, k, niter=20, seed=1234, ...).train(x)``.
+
+    After ``train``: ``centroids`` (k, d) float32 in the caller's array kind, ``obj`` (per
+    iteration objective, a NumPy array), ``iteration_stats`` (dicts with obj, time,
+    imbalance_factor, nsplit). ``assign(x)`` returns (D, I) like faiss. Inputs of shape
+    (B, N, d) train B independent problems; then everything gains a leading B axis.
+    """
+
+    _OPTIONS = {"niter": 20, "seed": DEFAULT_SEED, "spherical": False, "backend": "auto",
+                "precision": "fp32", "max_points_per_centroid": None, "verbose": False}
+
+    def __init__(self, d: int, k: int, **options: Any):
+        unknown = sorted(set(options) - set(self._OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown Kmeans option(s) {unknown}; "
+                             f"accepted: {sorted(self._OPTIONS)}")
+        for name, value in (("d", d), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        settings = {**self._OPTIONS, **options}
+        _arrays.check_precision(settings["precision"])
+        if settings["backend"] not in ("auto", "torch", "cpu", "triton", "cuda"):
+            raise ValueError(f"unknown backend {settings['backend']!r}; choose one of "
+                             "('auto', 'torch', 'cpu', 'triton', 'cuda')")
+        self.d, self.k = int(d), int(k)
+        self.niter = settings["niter"]
+        self.seed = settings["seed"]
+        self.spherical = settings["spherical"]
+        self.backend = settings["backend"]
+        self.precision = settings["precision"]
+        self.max_points_per_centroid = settings["max_points_per_centroid"]
+        self.verbose = settings["verbose"]
+        self.centroids: Any = None
+        self.obj: np.ndarray = np.zeros(0)
+        self.iteration_stats: list[dict] = []
+        self._centroids_t: torch.Tensor | None = None
+
+    def train(self, x: Any, init_centroids: Any = None) -> float | np.ndarray:
+        """Run k-means on x (N, d) or (B, N, d); returns the last iteration's objective."""
+        xb, kind, batched, init, impl = _prepare(x, self.k, self.d, init_centroids,
+                                                 self.backend, self.precision)
+        centroids, history = _train(xb, self.k, self.niter, init, impl, self.precision,
+                                    self.seed, self.spherical, self.max_points_per_centroid,
+                                    self.verbose)
+        self._centroids_t = centroids
+        self.obj = np.array([row["obj"] for row in history])
+        self.iteration_stats = history
+        if not batched:
+            centroids = centroids[0]
+            self.obj = self.obj[:, 0] if len(history) else self.obj
+            self.iteration_stats = _unbatch_history(history)
+        self.centroids = kind.wrap(centroids)
+        if not len(history):
+            return float("nan") if not batched else np.full(xb.shape[0], np.nan)
+        return float(self.obj[-1]) if not batched else self.obj[-1]
+
+    def assign(self, x: Any) -> tuple[Any, Any]:
+        """(D, I): squared distance to, and index of, the nearest centroid of each row."""
+        if self._centroids_t is None:
+            raise ValueError("Kmeans.assign called before train")
+        xt, kind = _arrays.to_tensor(x)
+        _arrays.check_points(xt, "x", d=self.d)
+        batched = xt.dim() == 3
+        if batched != (self._centroids_t.shape[0] > 1 or self.centroids.ndim == 3):
+            raise ValueError(f"x has shape {tuple(xt.shape)} but the model was trained with "
+                             f"centroids of shape {tuple(self.centroids.shape)}")
+        xb = _arrays.as_batched(xt).contiguous()
+        if xb.shape[0] != self._centroids_t.shape[0]:
+            raise ValueError(f"x holds {xb.shape[0]} problems, the model "
+                             f"{self._centroids_t.shape[0]}")
+        impl = get_backend(self.backend, xb.device)
+        dist, labels = impl.assign(xb, self._centroids_t.to(xb.device), self.precision)
+        if not batched:
+            dist, labels = dist[0], labels[0]
+        return kind.wrap(dist), kind.wrap(labels)
