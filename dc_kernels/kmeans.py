@@ -221,6 +221,7 @@ class Kmeans:
         self.obj: np.ndarray = np.zeros(0)
         self.iteration_stats: list[dict] = []
         self._centroids_t: torch.Tensor | None = None
+        self._batched = False
 
     def train(self, x: Any, init_centroids: Any = None) -> float | np.ndarray:
         """Run k-means on x (N, d) or (B, N, d); returns the last iteration's objective."""
@@ -229,7 +230,7 @@ class Kmeans:
         centroids, history = _train(xb, self.k, self.niter, init, impl, self.precision,
                                     self.seed, self.spherical, self.max_points_per_centroid,
                                     self.verbose)
-        self._centroids_t = centroids
+        self._centroids_t, self._batched = centroids, batched
         self.obj = np.array([row["obj"] for row in history])
         self.iteration_stats = history
         if not batched:
@@ -248,13 +249,10 @@ class Kmeans:
         xt, kind = _arrays.to_tensor(x)
         _arrays.check_points(xt, "x", d=self.d)
         batched = xt.dim() == 3
-        if batched != (self._centroids_t.shape[0] > 1 or self.centroids.ndim == 3):
+        xb = _arrays.as_batched(xt).contiguous()
+        if batched != self._batched or xb.shape[0] != self._centroids_t.shape[0]:
             raise ValueError(f"x has shape {tuple(xt.shape)} but the model was trained with "
                              f"centroids of shape {tuple(self.centroids.shape)}")
-        xb = _arrays.as_batched(xt).contiguous()
-        if xb.shape[0] != self._centroids_t.shape[0]:
-            raise ValueError(f"x holds {xb.shape[0]} problems, the model "
-                             f"{self._centroids_t.shape[0]}")
         impl = get_backend(self.backend, xb.device)
         dist, labels = impl.assign(xb, self._centroids_t.to(xb.device), self.precision)
         if not batched:

@@ -70,9 +70,11 @@ class TorchBackend:
                precision: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest centroid of every point.
 
-        Returns (dist, labels): squared L2 distances (B, N) float32, clamped at 0, and indices
-        (B, N) int64; ties go to the lowest index. Distances are ||x||^2 - 2 x.c + ||c||^2 with
-        the dot products computed in ``precision`` and accumulated in fp32.
+        Returns (dist, labels): indices (B, N) int64 of the centroid minimising
+        ||c||^2 - 2 x.c, with the dot products computed in ``precision`` and accumulated in fp32
+        (ties go to the lowest index), and the squared L2 distances (B, N) float32 to that
+        centroid, computed directly as sum((x - c)^2) in fp32 so that they carry no
+        cancellation error whatever the precision of the search.
         """
         batch, n, _ = x.shape
         k = centroids.shape[1]
@@ -88,14 +90,14 @@ class TorchBackend:
                     xs = x[b, start:start + rows]
                     dots = (xs.to(mm_dtype) @ c_mm.T).float()
                     # ||c||^2 - 2 x.c decides the argmin; ||x||^2 is added afterwards.
-                    partial = torch.add(c_sqnorm[b], dots, alpha=-2.0)
-                    best, idx = partial.min(dim=1)
-                    xf = xs.float()
-                    dist[b, start:start + rows] = (best + (xf * xf).sum(1)).clamp_min_(0.0)
+                    idx = torch.add(c_sqnorm[b], dots, alpha=-2.0).argmin(dim=1)
+                    diff = xs.float() - centroids[b, idx]
+                    dist[b, start:start + rows] = (diff * diff).sum(1)
                     labels[b, start:start + rows] = idx
         return dist, labels
 
-    def update(self, x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    def update(self, x: torch.Tensor, labels: torch.Tensor,
+               centroids: torch.Tensor) -> torch.Tensor:
         """Overwrite ``centroids`` with the mean of their points; empty clusters keep theirs.
 
         Returns the cluster sizes (B, K) int64.

@@ -1,0 +1,187 @@
+"""k-means API and semantics on every backend that runs on this machine's CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+import dc_kernels
+from dc_kernels.backends import get_backend
+from tests import reference_numpy as ref
+
+
+@pytest.mark.parametrize("n,d,k", [(600, 16, 7), (1000, 33, 50), (257, 1, 3), (300, 130, 1)])
+def test_labels_and_inertia_match_float64_lloyd(backend, n, d, k):
+    x = ref.blobs(n, d, centres=k, seed=n + d)
+    init = x[np.random.default_rng(1).choice(n, k, replace=False)]
+    res = dc_kernels.kmeans(x, k, niter=6, init_centroids=init, backend=backend)
+    c64, objs = ref.lloyd(x, init, niter=6, seed=dc_kernels.kmeans.__kwdefaults__["seed"])
+    dist64, labels64 = ref.assign(x, c64)
+    np.testing.assert_array_equal(res.labels, labels64)
+    np.testing.assert_allclose(res.inertia, dist64.sum(), rtol=1e-5)
+    np.testing.assert_allclose(res.centroids, c64, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([h["obj"] for h in res.history], objs, rtol=1e-5)
+
+
+def test_centroids_match_scikit_learn(backend):
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    x = ref.blobs(2000, 24, centres=12, seed=3, spread=0.5)
+    init = x[:12].copy()
+    ours = dc_kernels.kmeans(x, 12, niter=8, init_centroids=init, backend=backend)
+    theirs = sklearn_cluster.KMeans(12, init=init, n_init=1, max_iter=8, tol=0.0,
+                                    algorithm="lloyd").fit(x.astype(np.float64))
+    np.testing.assert_allclose(ours.centroids, theirs.cluster_centers_, rtol=1e-4, atol=1e-4)
+
+
+def test_faiss_api_shape(backend):
+    x = ref.blobs(800, 10, centres=20, seed=5, spread=0.3)
+    km = dc_kernels.Kmeans(10, 20, niter=8, seed=7, backend=backend)
+    final = km.train(x)
+    assert isinstance(km.centroids, np.ndarray) and km.centroids.shape == (20, 10)
+    assert km.centroids.dtype == np.float32
+    assert km.obj.shape == (8,) and final == pytest.approx(km.obj[-1])
+    assert np.all(np.diff(km.obj) <= 1e-6 * km.obj[0]), km.obj  # Lloyd never increases it
+    assert [sorted(s) for s in km.iteration_stats][0] == ["imbalance_factor", "nsplit", "obj",
+                                                          "time"]
+    D, I = km.assign(x)
+    assert D.shape == (800,) and I.shape == (800,)
+    assert D.dtype == np.float32 and I.dtype == np.int64
+    d64, i64 = ref.assign(x, km.centroids)
+    np.testing.assert_array_equal(I, i64)
+    np.testing.assert_allclose(D, d64, rtol=1e-4, atol=1e-5)
+
+
+def test_same_seed_same_result_other_seed_differs(backend):
+    x = ref.blobs(500, 8, centres=10, seed=9, spread=0.4)
+    a = dc_kernels.kmeans(x, 10, niter=5, seed=11, backend=backend)
+    b = dc_kernels.kmeans(x, 10, niter=5, seed=11, backend=backend)
+    c = dc_kernels.kmeans(x, 10, niter=5, seed=12, backend=backend)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    assert not np.array_equal(a.centroids, c.centroids)
+
+
+def _far_init(x: np.ndarray, k: int, empty: int) -> np.ndarray:
+    """k initial centroids, the last ``empty`` of them so far away that no point picks them."""
+    init = x[:k].copy()
+    init[k - empty:] = 1e3 + np.arange(empty)[:, None]
+    return init
+
+
+def test_update_then_split_leaves_no_empty_cluster(backend):
+    x = ref.blobs(400, 6, centres=4, seed=2, spread=0.2)
+    init = _far_init(x, 10, empty=5)
+    impl = get_backend(backend, torch.device("cpu"))
+    xb = torch.from_numpy(x)[None]
+    centroids = torch.from_numpy(init)[None].clone()
+    _, labels = impl.assign(xb, centroids, "fp32")
+    counts = impl.update(xb, labels, centroids)
+    assert int((counts == 0).sum()) == 5
+    before = counts.clone()
+    nsplit = impl.split(centroids, counts, seed=3, iteration=0)
+    assert nsplit.tolist() == [5]
+    assert bool((counts > 0).all()) and int(counts.sum()) == 400
+    # donors keep at least one point and only clusters with 2+ points donated
+    donors = (counts < before) & (before > 0)
+    assert bool((before[donors] >= 2).all())
+    # the split centroids are relative perturbations of their donors' means
+    np_counts = before[0].numpy().copy()
+    expect = init.astype(np.float64).copy()
+    for j in np.flatnonzero(np_counts):
+        expect[j] = x[labels[0].numpy() == j].astype(np.float64).mean(0)
+    ref.split(expect, np_counts, seed=3, iteration=0)
+    np.testing.assert_array_equal(np_counts, counts[0].numpy())
+    np.testing.assert_allclose(centroids[0].numpy(), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_train_reports_splits_and_ends_without_empty_clusters(backend):
+    x = ref.blobs(300, 4, centres=3, seed=4, spread=0.1)
+    km = dc_kernels.Kmeans(4, 12, niter=4, backend=backend)
+    km.train(x, init_centroids=_far_init(x, 12, empty=9))
+    assert km.iteration_stats[0]["nsplit"] == 9
+    _, labels = km.assign(x)
+    assert len(np.unique(labels)) == 12
+
+
+def test_batched_equals_separate_runs(backend):
+    xs = np.stack([ref.blobs(300, 5, centres=6, seed=s, spread=0.3) for s in range(3)])
+    inits = np.stack([_far_init(x, 8, empty=1) for x in xs])
+    batched = dc_kernels.kmeans(xs, 8, niter=5, init_centroids=inits, backend=backend)
+    assert batched.centroids.shape == (3, 8, 5) and batched.labels.shape == (3, 300)
+    for b in range(3):
+        single = dc_kernels.kmeans(xs[b], 8, niter=5, init_centroids=inits[b], backend=backend)
+        np.testing.assert_allclose(batched.centroids[b], single.centroids, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(batched.labels[b], single.labels)
+        assert batched.inertia[b] == pytest.approx(single.inertia, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_every_input_dtype(backend, dtype):
+    x = torch.from_numpy(ref.blobs(500, 12, centres=5, seed=6, spread=0.05)).to(dtype)
+    res = dc_kernels.kmeans(x, 5, niter=4, backend=backend)
+    assert isinstance(res.centroids, torch.Tensor) and res.centroids.dtype == torch.float32
+    _, labels64 = ref.assign(x.double().numpy(), res.centroids.numpy())
+    np.testing.assert_array_equal(res.labels.numpy(), labels64)
+
+
+def test_torch_noncontiguous_roundtrip(backend):
+    base = torch.from_numpy(ref.blobs(400, 20, centres=4, seed=8))
+    x = base[:, ::2]  # non-contiguous view
+    assert not x.is_contiguous()
+    res = dc_kernels.kmeans(x, 4, niter=3, backend=backend)
+    expect = dc_kernels.kmeans(x.contiguous().numpy(), 4, niter=3, backend=backend)
+    assert isinstance(res.labels, torch.Tensor) and res.labels.dtype == torch.int64
+    np.testing.assert_array_equal(res.labels.numpy(), expect.labels)
+
+
+def test_spherical_centroids_have_unit_norm(backend):
+    x = ref.blobs(400, 8, centres=5, seed=10)
+    km = dc_kernels.Kmeans(8, 5, niter=3, spherical=True, backend=backend)
+    km.train(x)
+    np.testing.assert_allclose(np.linalg.norm(km.centroids, axis=1), 1.0, rtol=1e-5)
+
+
+def test_max_points_per_centroid_subsamples(backend):
+    x = ref.blobs(1000, 4, centres=5, seed=12, spread=1.0)
+    init = x[:5].copy()
+    km = dc_kernels.Kmeans(4, 5, niter=1, max_points_per_centroid=20, backend=backend)
+    km.train(x, init_centroids=init)
+    # the first objective sums over the 100 sampled points (about a tenth), not over all 1000
+    full, _ = ref.assign(x, init)
+    assert 0.03 * full.sum() < km.obj[0] < 0.3 * full.sum()
+
+
+BAD_INPUTS = [
+    (lambda: dc_kernels.kmeans(np.full((10, 3), np.nan, np.float32), 2), "NaN"),
+    (lambda: dc_kernels.kmeans(np.array([[np.inf, 0.0]] * 5, np.float32), 2), "Inf"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 0), "positive integer"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 11), "larger than the number"),
+    (lambda: dc_kernels.kmeans(np.ones(10, np.float32), 2), "shape"),
+    (lambda: dc_kernels.kmeans(np.ones((2, 2, 2, 2), np.float32), 2), "shape"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.int64), 2), "floating dtype"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.complex64), 2), "real floating"),
+    (lambda: dc_kernels.kmeans(np.ones((0, 3), np.float32), 2), "empty"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, precision="fp8"), "precision"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, backend="gpu"), "backend"),
+    (lambda: dc_kernels.kmeans("abc", 2), "NumPy array"),
+    (lambda: dc_kernels.Kmeans(3, 2, nredo=3), "unknown Kmeans option"),
+    (lambda: dc_kernels.Kmeans(0, 2), "d must be"),
+    (lambda: dc_kernels.Kmeans(4, 2).train(np.ones((10, 3), np.float32)), "expected d=4"),
+    (lambda: dc_kernels.Kmeans(3, 2).assign(np.ones((10, 3), np.float32)), "before train"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2,
+                               init_centroids=np.ones((3, 3), np.float32)), "init_centroids"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD_INPUTS)
+def test_bad_input_raises_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_available_backends_reports_reasons():
+    table = dc_kernels.available_backends()
+    assert set(table) == {"torch", "cpu", "triton", "cuda"}
+    assert table["torch"]["available"] and "cpu" in table["torch"]["devices"]
+    for row in table.values():
+        assert row["available"] or row["reason"]
+    if not torch.cuda.is_available():
+        assert "cuda" not in table["cuda"]["devices"]
