@@ -1,0 +1,167 @@
+"""Clustering metrics computed with torch on the labels' device.
+
+DeepCluster compares labelings of the whole training set every epoch (1.28M images on ImageNet);
+copying them to the host and building a dense K x K table there would cost more than the
+metric. Here the contingency table is built sparsely on the device (only the non-empty cells,
+via ``torch.unique`` on a combined index), so a 10,000 x 1,000 comparison never allocates 1e7
+cells, and only a handful of scalars come back to the host.
+
+Conventions shared by every function:
+- inputs are 1-D integer torch tensors (any device), NumPy arrays or lists, of equal length;
+- label values need not start at 0 nor be contiguous;
+- a negative label means "unknown": samples where either labeling is negative are left out
+  (datasets with partial labels mark the unlabelled images with -1);
+- values agree with scikit-learn's (``normalized_mutual_info_score`` with its default
+  arithmetic normalisation, ``adjusted_rand_score``), including its conventions for degenerate
+  labelings.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["adjusted_rand_index", "clustering_accuracy", "contingency_matrix", "nmi", "purity"]
+
+
+@dataclass
+class _Contingency:
+    """Sparse contingency table of two labelings after masking unknowns.
+
+    cells: counts of the non-empty cells (C,), rows / cols: their row and column indices (C,),
+    row_sums (R,), col_sums (Q,): class sizes of each labeling, n: number of samples.
+    """
+
+    cells: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    row_sums: torch.Tensor
+    col_sums: torch.Tensor
+    n: int
+
+
+def _as_labels(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == object:
+            raise ValueError(f"{name} must be an integer array, got an object array")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integer labels, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=torch.int64) if device is not None else t.long()
+
+
+def _pair(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both labelings as int64 on one device (a tensor's device wins over a host array)."""
+    device = None
+    for x in (a, b):
+        if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+            device = x.device
+            break
+    ta = _as_labels(a, "labels_a", device)
+    tb = _as_labels(b, "labels_b", device if device is not None else ta.device)
+    if ta.shape != tb.shape:
+        raise ValueError(f"labelings differ in length: {ta.shape[0]} and {tb.shape[0]}")
+    known = (ta >= 0) & (tb >= 0)
+    if not bool(known.all()):
+        ta, tb = ta[known], tb[known]
+    if ta.numel() == 0:
+        raise ValueError("no sample has a known (non-negative) label in both labelings")
+    return ta, tb
+
+
+def _contingency(a: Any, b: Any) -> _Contingency:
+    ta, tb = _pair(a, b)
+    _, ia = torch.unique(ta, return_inverse=True)
+    _, ib = torch.unique(tb, return_inverse=True)
+    n_b = int(ib.max()) + 1
+    # One combined key per sample; unique keys are the non-empty cells.
+    keys, counts = torch.unique(ia * n_b + ib, return_counts=True)
+    return _Contingency(cells=counts, rows=keys // n_b, cols=keys % n_b,
+                        row_sums=torch.bincount(ia), col_sums=torch.bincount(ib),
+                        n=ta.numel())
+
+
+def contingency_matrix(labels_a: Any, labels_b: Any) -> torch.Tensor:
+    """Dense (distinct values of a) x (distinct values of b) count table, on the labels' device.
+
+    Rows and columns follow the sorted distinct label values; unknown (negative) labels are
+    left out. Dense, so meant for tables of moderate size (e.g. classes x clusters).
+    """
+    c = _contingency(labels_a, labels_b)
+    table = torch.zeros(c.row_sums.numel(), c.col_sums.numel(), dtype=torch.int64,
+                        device=c.cells.device)
+    table[c.rows, c.cols] = c.cells
+    return table
+
+
+def _entropy(sizes: torch.Tensor, n: int) -> torch.Tensor:
+    p = sizes[sizes > 0].double() / n
+    return -(p * p.log()).sum()
+
+
+def nmi(labels_a: Any, labels_b: Any) -> float:
+    """Normalised mutual information, MI / mean(H(a), H(b)) (natural log; symmetric).
+
+    Like scikit-learn: 1.0 when both labelings put everything in one cluster, 0.0 when the
+    mutual information is zero otherwise (e.g. one side a single cluster, the other not).
+    """
+    c = _contingency(labels_a, labels_b)
+    n_a, n_b = c.row_sums.numel(), c.col_sums.numel()
+    if n_a == 1 and n_b == 1:
+        return 1.0
+    cells = c.cells.double()
+    outer = c.row_sums[c.rows].double() * c.col_sums[c.cols].double()
+    mi = float((cells / c.n * (cells.log() + np.log(c.n) - outer.log())).sum().clamp_min(0.0))
+    if mi == 0.0:
+        return 0.0
+    h_a = float(_entropy(c.row_sums, c.n))
+    h_b = float(_entropy(c.col_sums, c.n))
+    return mi / ((h_a + h_b) / 2.0)
+
+
+def adjusted_rand_index(true: Any, pred: Any) -> float:
+    """Adjusted Rand index (Hubert & Arabie), from pair counts as scikit-learn computes it.
+
+    1.0 for identical partitions (including the degenerate one-cluster and all-singletons
+    cases, where the chance-corrected ratio is 0/0), about 0.0 for independent ones.
+    """
+    c = _contingency(true, pred)
+    n = float(c.n)
+    sum_sq = float(c.cells.double().square().sum())
+    # Pair confusion: ordered pairs together in both (tp), in pred only (fp), in true only (fn).
+    fp = float((c.col_sums.double().square()).sum()) - sum_sq
+    fn = float((c.row_sums.double().square()).sum()) - sum_sq
+    tp = sum_sq - n
+    tn = n * n - fp - fn - sum_sq
+    if fp == 0.0 and fn == 0.0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
+def clustering_accuracy(true: Any, pred: Any) -> float:
+    """Accuracy under the best one-to-one mapping of clusters to classes (Hungarian).
+
+    With more clusters than classes the surplus clusters map to nothing and count as errors,
+    the usual definition (so over-clustering is not rewarded as purity rewards it).
+    """
+    table = contingency_matrix(true, pred)
+    n = int(table.sum())
+    counts = table.cpu().numpy()
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum()) / n
+
+
+def purity(true: Any, pred: Any) -> float:
+    """Fraction of samples whose cluster's majority class is their class."""
+    c = _contingency(true, pred)
+    # Largest cell of each predicted cluster (column), summed.
+    best = torch.zeros(c.col_sums.numel(), dtype=torch.int64, device=c.cells.device)
+    best.scatter_reduce_(0, c.cols, c.cells, reduce="amax")
+    return float(best.sum()) / c.n

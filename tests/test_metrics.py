@@ -1,0 +1,147 @@
+"""deepcluster.metrics against scikit-learn (NMI, ARI) and brute-force references."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from deepcluster import metrics
+
+
+def _random_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    pairs = []
+    for n, ka, kb in [(1, 1, 1), (2, 2, 2), (50, 3, 7), (500, 10, 10), (1000, 10, 100),
+                      (300, 300, 5), (2000, 2, 2)]:
+        pairs.append((rng.integers(0, ka, n), rng.integers(0, kb, n)))
+    # Correlated: b is a noisy copy of a.
+    a = rng.integers(0, 10, 3000)
+    b = np.where(rng.random(3000) < 0.7, a, rng.integers(0, 10, 3000))
+    pairs.append((a, b))
+    # Permuted labels with an offset and gaps: values need not start at 0 nor be contiguous.
+    perm = rng.permutation(10) * 7 + 100
+    pairs.append((a, perm[a]))
+    pairs.append((perm[b], a))
+    n = 40
+    one, distinct = np.zeros(n, dtype=np.int64), np.arange(n)
+    halves = np.repeat([3, 9], n // 2)
+    # Degenerate labelings: a single cluster, all singletons, and their mixtures.
+    pairs += [(one, one), (distinct, distinct), (one, distinct), (distinct, one),
+              (one, halves), (halves, one), (distinct, halves), (halves, rng.permutation(distinct))]
+    return pairs
+
+
+PAIRS = _random_pairs()
+
+
+@pytest.mark.parametrize("a, b", PAIRS)
+def test_nmi_matches_sklearn(a: np.ndarray, b: np.ndarray) -> None:
+    expected = normalized_mutual_info_score(a, b)
+    assert metrics.nmi(a, b) == pytest.approx(expected, abs=1e-6)
+    assert metrics.nmi(torch.from_numpy(b), torch.from_numpy(a)) == pytest.approx(expected,
+                                                                                  abs=1e-6)
+
+
+@pytest.mark.parametrize("a, b", PAIRS)
+def test_ari_matches_sklearn(a: np.ndarray, b: np.ndarray) -> None:
+    expected = adjusted_rand_score(a, b)
+    assert metrics.adjusted_rand_index(a, b) == pytest.approx(expected, abs=1e-6)
+
+
+def _brute_accuracy(true: np.ndarray, pred: np.ndarray) -> float:
+    """Best one-to-one mapping found by trying every injection of clusters into classes.
+
+    Each cluster maps to a distinct class or to nothing (None, padded so that every cluster
+    could be left unmapped); unmapped clusters' samples count as errors.
+    """
+    classes, clusters = list(np.unique(true)), list(np.unique(pred))
+    options = classes + [None] * len(clusters)
+    best = 0
+    for image in set(itertools.permutations(options, len(clusters))):
+        mapping = dict(zip(clusters, image, strict=True))
+        best = max(best, sum(int(mapping[p] == t) for t, p in zip(true, pred, strict=True)))
+    return best / len(true)
+
+
+def test_accuracy_known_case() -> None:
+    true = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    # Cluster 5 is mostly class 1, 7 mostly class 0, 9 mostly class 2, one mistake each in 5, 9.
+    pred = np.array([7, 7, 7, 5, 5, 9, 9, 9, 9, 5])
+    # Mapping 7->0, 5->1, 9->2 gets 3 + 2 + 3 = 8 of 10.
+    assert metrics.clustering_accuracy(true, pred) == pytest.approx(0.8)
+    # Majority voting would map two clusters to one class; one-to-one forbids it.
+    true = np.array([0, 0, 0, 0, 1, 1])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    assert metrics.clustering_accuracy(true, pred) == pytest.approx(4 / 6)
+    assert metrics.purity(true, pred) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_accuracy_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_classes, n_clusters = rng.integers(1, 5, 2)
+    true = rng.integers(0, n_classes, 30) * 3 + 1
+    pred = rng.integers(0, n_clusters, 30)  # values may collide with class values
+    assert metrics.clustering_accuracy(true, pred) == pytest.approx(_brute_accuracy(true, pred))
+
+
+@pytest.mark.parametrize("a, b", PAIRS)
+def test_purity_matches_reference(a: np.ndarray, b: np.ndarray) -> None:
+    expected = sum(np.bincount(a[b == c]).max() for c in np.unique(b)) / len(a)
+    assert metrics.purity(a, b) == pytest.approx(expected, abs=1e-12)
+
+
+def test_permutation_invariance_and_perfect_scores() -> None:
+    rng = np.random.default_rng(3)
+    true = rng.integers(0, 8, 400)
+    pred = rng.permutation(8)[true] + 50
+    assert metrics.nmi(true, pred) == pytest.approx(1.0)
+    assert metrics.adjusted_rand_index(true, pred) == pytest.approx(1.0)
+    assert metrics.clustering_accuracy(true, pred) == pytest.approx(1.0)
+    assert metrics.purity(true, pred) == pytest.approx(1.0)
+
+
+def test_unknown_labels_are_left_out() -> None:
+    rng = np.random.default_rng(4)
+    true = rng.integers(0, 5, 600)
+    pred = np.where(rng.random(600) < 0.6, true, rng.integers(0, 5, 600))
+    unknown = rng.random(600) < 0.3
+    masked = np.where(unknown, -1, true)
+    keep = ~unknown
+    assert metrics.nmi(masked, pred) == pytest.approx(
+        normalized_mutual_info_score(true[keep], pred[keep]), abs=1e-6)
+    assert metrics.adjusted_rand_index(masked, pred) == pytest.approx(
+        adjusted_rand_score(true[keep], pred[keep]), abs=1e-6)
+    assert metrics.clustering_accuracy(masked, pred) == pytest.approx(
+        metrics.clustering_accuracy(true[keep], pred[keep]))
+
+
+def test_contingency_matrix() -> None:
+    a = np.array([5, 5, 2, 2, 2, 9])
+    b = np.array([1, 0, 0, 0, 1, 1])
+    expected = np.array([[2, 1], [1, 1], [0, 1]])  # rows 2, 5, 9; columns 0, 1
+    np.testing.assert_array_equal(metrics.contingency_matrix(a, b).numpy(), expected)
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="length"):
+        metrics.nmi([0, 1, 2], [0, 1])
+    with pytest.raises(ValueError, match="integer"):
+        metrics.nmi(np.array([0.0, 1.0]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="1-D"):
+        metrics.purity(np.zeros((2, 2), dtype=int), np.zeros((2, 2), dtype=int))
+    with pytest.raises(ValueError, match="known"):
+        metrics.clustering_accuracy([-1, -1], [0, 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_on_cuda() -> None:
+    a, b = PAIRS[8]
+    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+    assert metrics.nmi(ta, tb) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-6)
+    assert metrics.adjusted_rand_index(ta, b) == pytest.approx(adjusted_rand_score(a, b),
+                                                               abs=1e-6)
+    assert metrics.clustering_accuracy(ta, tb) == pytest.approx(
+        metrics.clustering_accuracy(a, b))
