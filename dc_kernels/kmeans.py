@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _arrays
+from . import _arrays, _distributed
 from .backends import TorchBackend, get_backend
 
 log = logging.getLogger("dc_kernels")
@@ -81,21 +81,29 @@ def _subsample(x: torch.Tensor, k: int, max_points_per_centroid: int | None,
 
 
 def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBackend,
-          precision: str, seed: int, spherical: bool = False,
-          verbose: bool = False) -> tuple[torch.Tensor, list[dict]]:
+          precision: str, seed: int, spherical: bool = False, verbose: bool = False,
+          process_group: Any = None) -> tuple[torch.Tensor, list[dict]]:
     """Run ``niter`` Lloyd iterations on validated (B, N, d) data from (B, K, d) centroids.
 
-    ``centroids`` is updated in place and returned with the per-iteration statistics.
+    ``centroids`` is updated in place and returned with the per-iteration statistics. With a
+    ``process_group``, x is this rank's shard and sums, counts and objectives are reduced over
+    the group, so every rank holds the centroids of the concatenated data.
     """
     batch, n, _ = x.shape
     k = centroids.shape[1]
+    if process_group is not None:
+        n = sum(_distributed.shard_sizes(n, x.device, process_group))
     clock = _Clock(x.device)
     objs, imbalances, nsplits = [], [], []
     clock.mark()
     for iteration in range(niter):
         dist, labels = backend.assign(x, centroids, precision)
-        objs.append(dist.sum(-1, dtype=torch.float64))
+        obj = dist.sum(-1, dtype=torch.float64)
         counts = backend.update(x, labels, centroids)
+        if process_group is not None:
+            obj = _distributed.reduce_sum(obj, process_group)
+            counts = _distributed.reduce_update(centroids, counts, process_group)
+        objs.append(obj)
         # faiss's imbalance factor: K * sum(size^2) / N^2 (1.0 when perfectly balanced).
         imbalances.append(k * counts.double().square().sum(-1) / float(n) ** 2)
         nsplits.append(backend.split(centroids, counts, seed, iteration))
@@ -123,8 +131,8 @@ def _unbatch_history(history: list[dict]) -> list[dict]:
 
 
 def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: str,
-             precision: str) -> tuple[torch.Tensor, _arrays.ArrayKind, bool, torch.Tensor | None,
-                                      TorchBackend]:
+             precision: str, process_group: Any = None,
+             ) -> tuple[torch.Tensor, _arrays.ArrayKind, bool, torch.Tensor | None, TorchBackend]:
     """Validate and convert the inputs of a k-means run; returns batched tensors."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -133,7 +141,7 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
     _arrays.check_points(xt, "x", d=d)
     batched = xt.dim() == 3
     xb = _arrays.as_batched(xt)
-    if k > xb.shape[1]:
+    if k > xb.shape[1] and process_group is None:  # across ranks: checked at init
         raise ValueError(f"k={k} is larger than the number of points N={xb.shape[1]}")
     backend = get_backend(backend_name, xb.device)
     if precision not in backend.precisions:
@@ -154,17 +162,24 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
 
 def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spherical: bool = False,
            backend: str = "auto", precision: str = "fp32", init_centroids: Any = None,
-           max_points_per_centroid: int | None = None, verbose: bool = False) -> KmeansResult:
+           max_points_per_centroid: int | None = None, verbose: bool = False,
+           process_group: Any = None) -> KmeansResult:
     """Cluster the rows of x (N, d) — or B independent problems x (B, N, d) — into k clusters.
 
     Returns centroids, labels and inertia of the final centroids over all of x, and the
-    per-iteration history, in the caller's array kind and on its device.
+    per-iteration history, in the caller's array kind and on its device. With a torch.distributed
+    ``process_group``, x is this rank's shard of the rows: centroids, inertia and history are
+    those of the concatenated data (the same on every rank), labels those of this shard.
     """
-    xb, kind, batched, init, impl = _prepare(x, k, None, init_centroids, backend, precision)
+    xb, kind, batched, init, impl = _prepare(x, k, None, init_centroids, backend, precision,
+                                             process_group)
     centroids, history = _train(xb, k, niter, init, impl, precision, seed, spherical,
-                                max_points_per_centroid, verbose)
+                                max_points_per_centroid, verbose, process_group)
     dist, labels = impl.assign(xb, centroids, precision)
-    inertia = dist.sum(-1, dtype=torch.float64).cpu().numpy()
+    inertia = dist.sum(-1, dtype=torch.float64)
+    if process_group is not None:
+        inertia = _distributed.reduce_sum(inertia, process_group)
+    inertia = inertia.cpu().numpy()
     if not batched:
         centroids, labels, inertia, history = (centroids[0], labels[0], float(inertia[0]),
                                                _unbatch_history(history))
@@ -173,9 +188,17 @@ def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spheric
 
 def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl: TorchBackend,
            precision: str, seed: int, spherical: bool, max_points_per_centroid: int | None,
-           verbose: bool) -> tuple[torch.Tensor, list[dict]]:
+           verbose: bool, process_group: Any = None) -> tuple[torch.Tensor, list[dict]]:
     if isinstance(niter, bool) or not isinstance(niter, int | np.integer) or niter < 0:
         raise ValueError(f"niter must be a non-negative integer, got {niter!r}")
+    if process_group is not None:
+        if max_points_per_centroid is not None:
+            raise ValueError("max_points_per_centroid is not supported with a process_group: "
+                             "subsample each rank's shard before calling")
+        centroids = (_distributed.random_init(xb, k, seed, process_group) if init is None
+                     else init.clone())
+        return lloyd(xb, centroids, niter, impl, precision, seed, spherical, verbose,
+                     process_group)
     sample = _subsample(xb, k, max_points_per_centroid, seed)
     centroids = _random_init(sample, k, seed) if init is None else init.clone()
     if verbose:
@@ -194,7 +217,8 @@ class Kmeans:
     """
 
     _OPTIONS = {"niter": 20, "seed": DEFAULT_SEED, "spherical": False, "backend": "auto",
-                "precision": "fp32", "max_points_per_centroid": None, "verbose": False}
+                "precision": "fp32", "max_points_per_centroid": None, "verbose": False,
+                "process_group": None}
 
     def __init__(self, d: int, k: int, **options: Any):
         unknown = sorted(set(options) - set(self._OPTIONS))
@@ -217,6 +241,7 @@ class Kmeans:
         self.precision = settings["precision"]
         self.max_points_per_centroid = settings["max_points_per_centroid"]
         self.verbose = settings["verbose"]
+        self.process_group = settings["process_group"]
         self.centroids: Any = None
         self.obj: np.ndarray = np.zeros(0)
         self.iteration_stats: list[dict] = []
@@ -226,10 +251,11 @@ class Kmeans:
     def train(self, x: Any, init_centroids: Any = None) -> float | np.ndarray:
         """Run k-means on x (N, d) or (B, N, d); returns the last iteration's objective."""
         xb, kind, batched, init, impl = _prepare(x, self.k, self.d, init_centroids,
-                                                 self.backend, self.precision)
+                                                 self.backend, self.precision,
+                                                 self.process_group)
         centroids, history = _train(xb, self.k, self.niter, init, impl, self.precision,
                                     self.seed, self.spherical, self.max_points_per_centroid,
-                                    self.verbose)
+                                    self.verbose, self.process_group)
         self._centroids_t, self._batched = centroids, batched
         self.obj = np.array([row["obj"] for row in history])
         self.iteration_stats = history

@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _arrays
+from . import _arrays, _distributed
 from .backends import get_backend
 
 
@@ -21,7 +21,8 @@ class PCAWhitening:
     """
 
     def __init__(self, d_in: int, d_out: int, eigen_power: float = -0.5, normalize: bool = True,
-                 backend: str = "auto", eigenvalue_floor: float = 1e-8):
+                 backend: str = "auto", eigenvalue_floor: float = 1e-8,
+                 process_group: Any = None):
         for name, value in (("d_in", d_in), ("d_out", d_out)):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -34,6 +35,7 @@ class PCAWhitening:
         self.normalize = bool(normalize)
         self.backend = backend
         self.eigenvalue_floor = float(eigenvalue_floor)
+        self.process_group = process_group  # torch.distributed group: x is this rank's shard
         self.mean: torch.Tensor | None = None         # (d_in,) float64
         self.eigenvalues: torch.Tensor | None = None  # (d_out,) float64, descending
         self.components: torch.Tensor | None = None   # (d_out, d_in) float64, orthonormal rows
@@ -46,10 +48,12 @@ class PCAWhitening:
     def train(self, x: Any) -> "PCAWhitening":
         xt, _ = _arrays.to_tensor(x)
         _arrays.check_points(xt, "x", d=self.d_in, batched_ok=False)
-        if xt.shape[0] < 2:
+        if xt.shape[0] < 2 and self.process_group is None:
             raise ValueError(f"PCA needs at least 2 rows, got x of shape {tuple(xt.shape)}")
         impl = get_backend(self.backend, xt.device)
         mean, cov = impl.covariance(xt.contiguous())
+        if self.process_group is not None:
+            mean, cov = _distributed.reduce_moments(mean, cov, xt.shape[0], self.process_group)
         values, vectors = impl.top_eigh(cov, self.d_out)
         floor = max(float(values[0]), 0.0) * self.eigenvalue_floor
         values = values.clamp_min(floor if floor > 0 else torch.finfo(torch.float64).tiny)

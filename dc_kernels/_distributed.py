@@ -1,0 +1,72 @@
+"""k-means and PCA across the ranks of a torch.distributed process group.
+
+Each rank holds a shard of the rows; the concatenation of the shards in rank order is the data
+set. What crosses ranks is small (K x d sums, K counts, d x d moments) and goes through the
+group's own collectives (NCCL on GPUs, gloo on CPUs): results equal a single process on the
+concatenated data up to floating-point summation order.
+"""
+
+import torch
+import torch.distributed as dist
+
+
+def _all_reduce(t: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def shard_sizes(n_local: int, device: torch.device, group: dist.ProcessGroup) -> list[int]:
+    """The number of rows on every rank, in rank order."""
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device)
+             for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, torch.tensor([n_local], dtype=torch.int64, device=device), group=group)
+    return [int(s) for s in sizes]
+
+
+def random_init(x: torch.Tensor, k: int, seed: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """The k distinct random rows a single process would pick from the concatenated data.
+
+    x is this rank's (B, N_local, d) shard; every rank returns the same (B, k, d) float32.
+    """
+    sizes = shard_sizes(x.shape[1], x.device, group)
+    total = sum(sizes)
+    if k > total:
+        raise ValueError(f"k={k} is larger than the number of points N={total} across ranks")
+    start = sum(sizes[:dist.get_rank(group)])
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(total, generator=generator)[:k].to(x.device)
+    mine = (index >= start) & (index < start + x.shape[1])
+    picked = torch.zeros(x.shape[0], k, x.shape[2], dtype=torch.float32, device=x.device)
+    picked[:, mine] = x[:, index[mine] - start].float()
+    return _all_reduce(picked, group)
+
+
+def reduce_update(centroids: torch.Tensor, counts: torch.Tensor,
+                  group: dist.ProcessGroup) -> torch.Tensor:
+    """Turn this rank's centroid update into the global one, in place; returns global counts.
+
+    On entry ``centroids`` holds the local means (the previous centroid where the local
+    cluster is empty) and ``counts`` the local sizes. Sums = means * counts are reduced with the
+    counts; clusters empty on every rank keep the previous centroid, which all ranks share.
+    """
+    local = counts.unsqueeze(-1).to(torch.float32)
+    sums = _all_reduce(centroids * local, group)
+    counts = _all_reduce(counts.clone(), group)
+    total = counts.unsqueeze(-1).to(torch.float32)
+    centroids.copy_(torch.where(total > 0, sums / total.clamp_min(1.0), centroids))
+    return counts
+
+
+def reduce_sum(t: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+    """Sum of ``t`` over the ranks (a new tensor)."""
+    return _all_reduce(t.clone(), group)
+
+
+def reduce_moments(mean: torch.Tensor, cov: torch.Tensor, n_local: int,
+                   group: dist.ProcessGroup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global mean and covariance (float64) from each rank's own mean and covariance."""
+    n = reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=mean.device), group)
+    first = reduce_sum(mean * n_local, group)
+    second = reduce_sum((cov + torch.outer(mean, mean)) * n_local, group)
+    global_mean = first / n
+    return global_mean, second / n - torch.outer(global_mean, global_mean)
