@@ -1,0 +1,97 @@
+// pybind11 face of the CPU kernels: raw addresses (uintptr_t), sizes and a thread count. The
+// Python wrapper (dc_kernels/backends/cpu.py) has already checked shapes, dtypes, contiguity
+// and devices; the kernels run without the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gemm_tile.h"
+#include "kmeans.h"
+#include "pca.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+int threads(int nthreads) { return nthreads > 0 ? nthreads : 1; }
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "dc_kernels CPU kernels (C++/OpenMP, AVX-512 / AVX2 / scalar chosen at run time)";
+
+  m.def(
+      "assign",
+      [](uintptr_t x, uintptr_t centroids, int64_t batch, int64_t n, int64_t k, int64_t d,
+         uintptr_t dist, uintptr_t labels, int nthreads) {
+        py::gil_scoped_release release;
+        dc::assign(ptr<const float>(x), ptr<const float>(centroids), batch, n, k, d,
+                   ptr<float>(dist), ptr<int64_t>(labels), threads(nthreads));
+      },
+      py::arg("x"), py::arg("centroids"), py::arg("batch"), py::arg("n"), py::arg("k"),
+      py::arg("d"), py::arg("dist"), py::arg("labels"), py::arg("nthreads"),
+      "Nearest centroid: x (B,N,d) f32, centroids (B,K,d) f32 -> dist (B,N) f32, labels i64.");
+
+  m.def(
+      "update",
+      [](uintptr_t x, uintptr_t labels, uintptr_t centroids, uintptr_t counts, int64_t batch,
+         int64_t n, int64_t k, int64_t d, int nthreads) {
+        py::gil_scoped_release release;
+        dc::update(ptr<const float>(x), ptr<const int64_t>(labels), ptr<float>(centroids),
+                   ptr<int64_t>(counts), batch, n, k, d, threads(nthreads));
+      },
+      py::arg("x"), py::arg("labels"), py::arg("centroids"), py::arg("counts"),
+      py::arg("batch"), py::arg("n"), py::arg("k"), py::arg("d"), py::arg("nthreads"),
+      "Centroids (B,K,d) <- cluster means (empty clusters unchanged); counts (B,K) i64.");
+
+  m.def(
+      "split",
+      [](uintptr_t centroids, uintptr_t counts, int64_t batch, int64_t k, int64_t d,
+         uint64_t seed, uint64_t iteration, uintptr_t nsplit, int nthreads) {
+        py::gil_scoped_release release;
+        dc::split(ptr<float>(centroids), ptr<int64_t>(counts), batch, k, d, seed, iteration,
+                  ptr<int64_t>(nsplit), threads(nthreads));
+      },
+      py::arg("centroids"), py::arg("counts"), py::arg("batch"), py::arg("k"), py::arg("d"),
+      py::arg("seed"), py::arg("iteration"), py::arg("nsplit"), py::arg("nthreads"),
+      "Split empty clusters in place; nsplit (B,) i64.");
+
+  m.def("split_draw", &dc::split_draw, py::arg("seed"), py::arg("iteration"),
+        py::arg("cluster"), "splitmix64 draw of the empty-cluster split (seed as uint64).");
+
+  m.def(
+      "pca_apply",
+      [](uintptr_t x, int64_t n, int64_t d_in, uintptr_t mean, uintptr_t proj, int64_t d_out,
+         bool normalize, uintptr_t out, int nthreads) {
+        py::gil_scoped_release release;
+        dc::pca_apply(ptr<const float>(x), n, d_in, ptr<const float>(mean),
+                      ptr<const float>(proj), d_out, normalize, ptr<float>(out),
+                      threads(nthreads));
+      },
+      py::arg("x"), py::arg("n"), py::arg("d_in"), py::arg("mean"), py::arg("proj"),
+      py::arg("d_out"), py::arg("normalize"), py::arg("out"), py::arg("nthreads"),
+      "out (N,d_out) = (x - mean) @ proj, rows L2-normalised when normalize.");
+
+  m.def("isa", [] { return std::string(dc::isa_name(dc::active_isa())); },
+        "Instruction set the kernels use now.");
+  m.def("set_isa", [](const std::string& name) { dc::set_isa(dc::isa_from_name(name)); },
+        py::arg("name"), "Use 'avx512', 'avx2', 'scalar' or 'auto' (best supported).");
+  m.def(
+      "supported_isas",
+      [] {
+        std::vector<std::string> names;
+        for (dc::Isa isa : {dc::Isa::avx512, dc::Isa::avx2, dc::Isa::scalar}) {
+          if (dc::isa_supported(isa)) names.emplace_back(dc::isa_name(isa));
+        }
+        return names;
+      },
+      "Instruction sets this CPU can run, best first.");
+}

@@ -1,0 +1,202 @@
+// k-means steps of the CPU backend: fused assignment (tile engine + argmin epilogue), centroid
+// update (per-thread partial sums, then a reduction over clusters) and the empty-cluster split.
+#include "kmeans.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "gemm_tile.h"
+
+namespace dc {
+
+void assign(const float* x, const float* centroids, int64_t batch, int64_t n, int64_t k,
+            int64_t d, float* dist, int64_t* labels, int nthreads) {
+  const Microkernel& mk = microkernel(active_isa());
+  const int64_t npanels = (k + mk.nr - 1) / mk.nr;
+  const int64_t kpad = npanels * mk.nr;
+  const int64_t panel_floats = d * mk.nr;
+
+  // Centroids are packed once per call (all problems), with their squared norms; padding
+  // columns get +inf so that they never win the argmin.
+  FloatBuffer packed = alloc_floats(static_cast<size_t>(batch * npanels * panel_floats));
+  FloatBuffer cnorm = alloc_floats(static_cast<size_t>(batch * kpad));
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t task = 0; task < batch * npanels; ++task) {
+    const int64_t b = task / npanels, p = task % npanels;
+    const float* cb = centroids + b * k * d;
+    const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
+    pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
+    for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
+      cnorm[b * kpad + j] = j < k ? squared_distance(cb + j * d, nullptr, d)
+                                  : std::numeric_limits<float>::infinity();
+    }
+  }
+
+  const Blocking blk = choose_blocking(mk, d, npanels, n, nthreads);
+  const int64_t rows = blk.rows_per_block;
+  const int64_t blocks = (n + rows - 1) / rows;
+  const int64_t state = rows * mk.lanes;
+  // Per-thread scratch, allocated before the parallel region so that a failed allocation
+  // throws here rather than inside OpenMP.
+  FloatBuffer apack = alloc_floats(static_cast<size_t>(nthreads * rows * d));
+  FloatBuffer best = alloc_floats(static_cast<size_t>(nthreads * state));
+  std::vector<int32_t> index(static_cast<size_t>(nthreads * state));
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int tid = omp_get_thread_num();
+    float* a = apack.get() + tid * rows * d;
+    float* bv = best.get() + tid * state;
+    int32_t* bi = index.data() + tid * state;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < batch * blocks; ++task) {
+      const int64_t b = task / blocks;
+      const int64_t row0 = (task % blocks) * rows;
+      const int64_t nrows = std::min(rows, n - row0);
+      const float* xb = x + (b * n + row0) * d;
+      const float* cb = centroids + b * k * d;
+      const float* pb = packed.get() + b * npanels * panel_floats;
+      const float* nb = cnorm.get() + b * kpad;
+      const int64_t ntiles = (nrows + mk.mr - 1) / mk.mr;
+      pack_a(xb, nrows, d, d, nullptr, mk.mr, a);
+      std::fill(bv, bv + ntiles * mk.mr * mk.lanes, std::numeric_limits<float>::infinity());
+      std::fill(bi, bi + ntiles * mk.mr * mk.lanes, 0);
+      sweep_tiles(ntiles, npanels, blk.panels_per_block, [&](int64_t t, int64_t p) {
+        mk.argmin(a + t * mk.mr * d, pb + p * panel_floats, d, nb + p * mk.nr,
+                  static_cast<int32_t>(p * mk.nr), bv + t * mk.mr * mk.lanes,
+                  bi + t * mk.mr * mk.lanes);
+      });
+      for (int64_t r = 0; r < nrows; ++r) {
+        // Lanes hold interleaved columns: the smallest value wins, equal values the lowest
+        // column, which is the reference's tie rule.
+        const float* v = bv + r * mk.lanes;
+        const int32_t* ix = bi + r * mk.lanes;
+        int l_best = 0;
+        for (int l = 1; l < mk.lanes; ++l) {
+          if (v[l] < v[l_best] || (v[l] == v[l_best] && ix[l] < ix[l_best])) l_best = l;
+        }
+        const int64_t label = ix[l_best];
+        labels[b * n + row0 + r] = label;
+        dist[b * n + row0 + r] = squared_distance(xb + r * d, cb + label * d, d);
+      }
+    }
+  }
+}
+
+void update(const float* x, const int64_t* labels, float* centroids, int64_t* counts,
+            int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads) {
+  FloatBuffer partial = alloc_floats(static_cast<size_t>(nthreads * k * d));
+  std::vector<int64_t> partial_counts(static_cast<size_t>(nthreads * k));
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* xb = x + b * n * d;
+    const int64_t* lb = labels + b * n;
+    float* cb = centroids + b * k * d;
+    int64_t* nb = counts + b * k;
+#pragma omp parallel num_threads(nthreads)
+    {
+      const int tid = omp_get_thread_num();
+      const int used = omp_get_num_threads();
+      float* sums = partial.get() + tid * k * d;
+      int64_t* cnt = partial_counts.data() + tid * k;
+      std::fill(sums, sums + k * d, 0.0f);
+      std::fill(cnt, cnt + k, 0);
+      // Static row ranges: each thread sums its own rows, so the result does not depend on
+      // scheduling, only on the thread count.
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t j = lb[i];
+        float* s = sums + j * d;
+        const float* xi = xb + i * d;
+        for (int64_t t = 0; t < d; ++t) s[t] += xi[t];
+        ++cnt[j];
+      }
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < k; ++j) {
+        int64_t total = 0;
+        for (int th = 0; th < used; ++th) total += partial_counts[th * k + j];
+        nb[j] = total;
+        if (total == 0) continue;  // empty: keep the previous centroid for the split
+        float* c = cb + j * d;
+        const float* first = partial.get() + j * d;
+        std::copy(first, first + d, c);
+        for (int th = 1; th < used; ++th) {
+          const float* s = partial.get() + (th * k + j) * d;
+          for (int64_t t = 0; t < d; ++t) c[t] += s[t];
+        }
+        const float denom = static_cast<float>(total);
+        for (int64_t t = 0; t < d; ++t) c[t] /= denom;
+      }
+    }
+  }
+}
+
+static uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t split_draw(uint64_t seed, uint64_t iteration, uint64_t cluster) {
+  return mix64(mix64(mix64(seed) ^ iteration) ^ cluster);
+}
+
+// Relative perturbation of a split pair, as in faiss; equal to reference.SPLIT_EPS.
+constexpr float kSplitEps = 1.0f / 1024.0f;
+
+void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t d,
+           uint64_t seed, uint64_t iteration, int64_t* nsplit, int nthreads) {
+  // Multipliers of the copy (grow) and of the donor (shrink): +eps on even coordinates, -eps
+  // on odd ones, both exactly representable, so the products round like the reference's.
+  std::vector<float> grow(static_cast<size_t>(d)), shrink(static_cast<size_t>(d));
+  for (int64_t t = 0; t < d; ++t) {
+    const float sign = (t % 2 == 0) ? 1.0f : -1.0f;
+    grow[t] = 1.0f + kSplitEps * sign;
+    shrink[t] = 1.0f - kSplitEps * sign;
+  }
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t* cnt = counts + b * k;
+    float* c = centroids + b * k * d;
+    std::vector<int64_t> weight(static_cast<size_t>(k));
+    int64_t total = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      weight[j] = std::max<int64_t>(cnt[j] - 1, 0);
+      total += weight[j];
+    }
+    int64_t done = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (cnt[j] != 0) continue;
+      if (total == 0) break;
+      const uint64_t r = split_draw(seed, iteration, static_cast<uint64_t>(j)) %
+                         static_cast<uint64_t>(total);
+      // The first donor whose running weight exceeds r: probability proportional to size - 1.
+      int64_t donor = 0;
+      uint64_t running = static_cast<uint64_t>(weight[0]);
+      while (running <= r) {
+        ++donor;
+        running += static_cast<uint64_t>(weight[donor]);
+      }
+      float* cd = c + donor * d;
+      float* cj = c + j * d;
+      for (int64_t t = 0; t < d; ++t) {
+        const float base = cd[t];
+        cj[t] = base * grow[t];
+        cd[t] = base * shrink[t];
+      }
+      cnt[j] = cnt[donor] / 2;
+      cnt[donor] -= cnt[j];
+      total -= weight[donor];
+      weight[donor] = std::max<int64_t>(cnt[donor] - 1, 0);
+      weight[j] = std::max<int64_t>(cnt[j] - 1, 0);
+      total += weight[donor] + weight[j];
+      ++done;
+    }
+    nsplit[b] = done;
+  }
+}
+
+}  // namespace dc

@@ -1,0 +1,135 @@
+"""The ``cpu`` backend: the C++/OpenMP extension ``dc_kernels._cpu`` behind the reference contract.
+
+Each step validates its inputs (shapes, dtypes, device), makes them contiguous float32, allocates
+the outputs with torch and hands raw addresses to the extension, which releases the GIL and runs
+on ``torch.get_num_threads()`` threads. Covariance and eigendecomposition stay on the reference
+(float64 LAPACK/BLAS through torch).
+"""
+
+import torch
+
+from .. import _loader
+from .reference import TorchBackend
+
+_MASK64 = (1 << 64) - 1
+
+
+def _check(t: torch.Tensor, name: str, rank: int, dtypes: tuple[torch.dtype, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU for backend 'cpu', got device {t.device}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must have {rank} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype in {dtypes}, got {t.dtype}")
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).contiguous()
+
+
+class CpuBackend(TorchBackend):
+    """Fused tile kernels in C++ (AVX-512 / AVX2 / scalar, chosen when the module loads)."""
+
+    name = "cpu"
+    precisions: tuple[str, ...] = ("fp32",)
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device) -> str:
+        if device.type != "cpu":
+            return "runs on CPU tensors only"
+        return _loader.why("_cpu")
+
+    @staticmethod
+    def _ext():
+        return _loader.load("_cpu")
+
+    @staticmethod
+    def _check_pair(x: torch.Tensor, centroids: torch.Tensor,
+                    centroid_dtypes: tuple[torch.dtype, ...]) -> None:
+        _check(x, "x", 3, _FLOATS)
+        _check(centroids, "centroids", 3, centroid_dtypes)
+        if centroids.shape[0] != x.shape[0] or centroids.shape[2] != x.shape[2]:
+            raise ValueError(f"centroids of shape {tuple(centroids.shape)} do not match x of "
+                             f"shape {tuple(x.shape)} (need (B, K, d) with B and d of x)")
+        if min(x.shape) == 0 or centroids.shape[1] == 0:
+            raise ValueError(f"empty input: x {tuple(x.shape)}, centroids "
+                             f"{tuple(centroids.shape)}")
+
+    # ------------------------------------------------------------------ k-means steps
+    def assign(self, x: torch.Tensor, centroids: torch.Tensor,
+               precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if precision not in self.precisions:
+            raise ValueError(f"backend 'cpu' supports precisions {self.precisions}, "
+                             f"not {precision!r}")
+        self._check_pair(x, centroids, _FLOATS)
+        x, centroids = _float32(x), _float32(centroids)
+        batch, n, d = x.shape
+        k = centroids.shape[1]
+        dist = torch.empty(batch, n, dtype=torch.float32)
+        labels = torch.empty(batch, n, dtype=torch.int64)
+        self._ext().assign(x.data_ptr(), centroids.data_ptr(), batch, n, k, d, dist.data_ptr(),
+                           labels.data_ptr(), torch.get_num_threads())
+        return dist, labels
+
+    def update(self, x: torch.Tensor, labels: torch.Tensor,
+               centroids: torch.Tensor) -> torch.Tensor:
+        self._check_pair(x, centroids, (torch.float32,))
+        if not centroids.is_contiguous():
+            raise ValueError("centroids must be contiguous (they are updated in place)")
+        _check(labels, "labels", 2, (torch.int64,))
+        batch, n, d = x.shape
+        k = centroids.shape[1]
+        if tuple(labels.shape) != (batch, n):
+            raise ValueError(f"labels must have shape {(batch, n)}, got {tuple(labels.shape)}")
+        # An out-of-range label would write outside the sums: one cheap pass rules it out.
+        low, high = torch.aminmax(labels)
+        if int(low) < 0 or int(high) >= k:
+            raise ValueError(f"labels must lie in [0, {k}), got values in [{int(low)}, "
+                             f"{int(high)}]")
+        x = _float32(x)
+        labels = labels.contiguous()
+        counts = torch.empty(batch, k, dtype=torch.int64)
+        self._ext().update(x.data_ptr(), labels.data_ptr(), centroids.data_ptr(),
+                           counts.data_ptr(), batch, n, k, d, torch.get_num_threads())
+        return counts
+
+    def split(self, centroids: torch.Tensor, counts: torch.Tensor, seed: int,
+              iteration: int) -> torch.Tensor:
+        _check(centroids, "centroids", 3, (torch.float32,))
+        _check(counts, "counts", 2, (torch.int64,))
+        batch, k, d = centroids.shape
+        if tuple(counts.shape) != (batch, k):
+            raise ValueError(f"counts must have shape {(batch, k)}, got {tuple(counts.shape)}")
+        if not (centroids.is_contiguous() and counts.is_contiguous()):
+            raise ValueError("centroids and counts must be contiguous (they are updated in "
+                             "place)")
+        if iteration < 0:
+            raise ValueError(f"iteration must be non-negative, got {iteration}")
+        nsplit = torch.empty(batch, dtype=torch.int64)
+        self._ext().split(centroids.data_ptr(), counts.data_ptr(), batch, k, d, seed & _MASK64,
+                          iteration, nsplit.data_ptr(), torch.get_num_threads())
+        return nsplit
+
+    # ------------------------------------------------------------------ PCA steps
+    def pca_apply(self, x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
+                  normalize: bool) -> torch.Tensor:
+        _check(x, "x", 2, _FLOATS)
+        _check(mean, "mean", 1, _FLOATS)
+        _check(proj, "proj", 2, _FLOATS)
+        n, d_in = x.shape
+        if proj.shape[0] != d_in or mean.shape[0] != d_in:
+            raise ValueError(f"x {tuple(x.shape)}, mean {tuple(mean.shape)} and proj "
+                             f"{tuple(proj.shape)} disagree on d_in")
+        if n == 0 or d_in == 0 or proj.shape[1] == 0:
+            raise ValueError(f"empty input: x {tuple(x.shape)}, proj {tuple(proj.shape)}")
+        x, mean, proj = _float32(x), _float32(mean), _float32(proj)
+        d_out = proj.shape[1]
+        out = torch.empty(n, d_out, dtype=torch.float32)
+        self._ext().pca_apply(x.data_ptr(), n, d_in, mean.data_ptr(), proj.data_ptr(), d_out,
+                              bool(normalize), out.data_ptr(), torch.get_num_threads())
+        return out
