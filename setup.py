@@ -38,6 +38,20 @@ def find_nvcc() -> str | None:
     return shutil.which("nvcc")
 
 
+def cuda_root(nvcc: str) -> Path:
+    """The CUDA toolkit folder (with include/cuda_runtime.h) that ``nvcc`` belongs to.
+
+    nvcc may be a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc), so its own
+    parent is only one candidate.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  str(Path(nvcc).resolve().parent.parent), "/usr/local/cuda"]
+    for folder in filter(None, candidates):
+        if (Path(folder) / "include" / "cuda_runtime.h").exists():
+            return Path(folder)
+    raise RuntimeError(f"cannot find the CUDA toolkit of {nvcc} (set CUDA_HOME)")
+
+
 def cuda_archs() -> list[str]:
     archs = os.environ.get("DC_CUDA_ARCHS", "80;90").replace(",", ";")
     return [a.strip() for a in archs.split(";") if a.strip()]
@@ -56,7 +70,7 @@ class BuildExt(build_ext):
 
     def _build_cuda(self, ext: CudaExtension) -> None:
         nvcc = find_nvcc()
-        cuda_home = Path(nvcc).resolve().parent.parent
+        cuda_home = cuda_root(nvcc)
         build_temp = Path(self.build_temp) / "cuda"
         build_temp.mkdir(parents=True, exist_ok=True)
         gencode = []
