@@ -1,0 +1,155 @@
+"""Fused k-means assignment: distance + argmin in tiles, the N x K matrix never materialised.
+
+One program owns BLOCK_N points of one problem (grid axis 1 is the batch). Centroid tiles of
+BLOCK_K stream past; for each, the scores ||c||^2 - 2 x.c are formed in registers and folded into
+a running (min, argmin). When d fits one tile (d <= 256) the point tile is loaded once, already
+rounded to the operand type, and stays on chip for the whole sweep; otherwise d is streamed in
+BLOCK_D slices. The epilogue gathers each point's winning centroid and computes the distance
+directly as sum((x - c)^2) in fp32, so the reported distance carries no cancellation error
+whatever the precision of the search (the reference's contract).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    check_launchable,
+    device_guard,
+    dot_operands,
+    interpreting,
+    next_pow2,
+    precision_code,
+    to_operand,
+)
+
+# Largest padded d kept on chip as one tile (256 x 128 rows of bf16 = 64 KiB).
+SINGLE_TILE_D = 256
+
+
+@triton.jit
+def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
+                   N, K, D,
+                   stride_xb, stride_xn, stride_cb, stride_ck,
+                   PRECISION: tl.constexpr, EMULATE: tl.constexpr, SINGLE_D: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    x_base = x_ptr + b * stride_xb + rows.to(tl.int64)[:, None] * stride_xn
+    c_base = c_ptr + b * stride_cb
+    cop_base = cop_ptr + b * stride_cb
+    offs_d = tl.arange(0, BLOCK_D)
+
+    if SINGLE_D:
+        # The point tile stays on chip, already in operand form, for the whole centroid sweep.
+        x_tile = tl.load(x_base + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
+                         other=0.0)
+        x_op = to_operand(x_tile, PRECISION, EMULATE)
+
+    best = tl.full([BLOCK_N], float("inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_N], tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        col_ok = cols < K
+        c_rows = cop_base + cols.to(tl.int64)[:, None] * stride_ck
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        if SINGLE_D:
+            c_tile = tl.load(c_rows + offs_d[None, :], mask=col_ok[:, None] & (offs_d[None, :] < D),
+                             other=0.0)
+            acc = dot_operands(x_op, tl.trans(to_operand(c_tile, PRECISION, EMULATE)), acc,
+                               PRECISION, EMULATE)
+        else:
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + offs_d
+                d_ok = dd < D
+                x_tile = tl.load(x_base + dd[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                                 other=0.0)
+                c_tile = tl.load(c_rows + dd[None, :], mask=col_ok[:, None] & d_ok[None, :],
+                                 other=0.0)
+                acc = dot_operands(to_operand(x_tile, PRECISION, EMULATE),
+                                   tl.trans(to_operand(c_tile, PRECISION, EMULATE)), acc,
+                                   PRECISION, EMULATE)
+        csq = tl.load(csq_ptr + b * K + cols, mask=col_ok, other=float("inf"))
+        # 2 * acc is exact, so this rounds exactly like the reference's csq + (-2) * dots.
+        score = tl.where(col_ok[None, :], csq[None, :] - 2.0 * acc, float("inf"))
+        tile_best, tile_arg = tl.min(score, axis=1, return_indices=True,
+                                     return_indices_tie_break_left=True)
+        # Strictly smaller only: an equal score in a later tile keeps the lower index.
+        better = tile_best < best
+        best = tl.where(better, tile_best, best)
+        best_idx = tl.where(better, tile_arg.to(tl.int32) + k0, best_idx)
+
+    # Epilogue: exact fp32 distance to the winner, gathered row by row.
+    win = c_base + best_idx.to(tl.int64)[:, None] * stride_ck
+    dist = tl.zeros([BLOCK_N], tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        m = row_ok[:, None] & (dd[None, :] < D)
+        xv = tl.load(x_base + dd[None, :], mask=m, other=0.0).to(tl.float32)
+        cv = tl.load(win + dd[None, :], mask=m, other=0.0).to(tl.float32)
+        diff = xv - cv
+        dist += tl.sum(diff * diff, axis=1)
+    tl.store(dist_ptr + b * N + rows, dist, mask=row_ok)
+    tl.store(label_ptr + b * N + rows, best_idx.to(tl.int64), mask=row_ok)
+
+
+def _config(x: torch.Tensor, precision: str, d: int) -> dict:
+    """Tile sizes: GPU tiles sized for tensor cores; smaller ones under the interpreter, where
+    each program costs a Python-level step but large tiles cost numpy time."""
+    d_pad = next_pow2(d)
+    if interpreting(x):
+        single = d_pad <= 64
+        return dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=d_pad if single else 64,
+                    SINGLE_D=single, num_warps=4, num_stages=1)
+    sixteen_bit = precision in ("bf16", "fp16")
+    single = d_pad <= SINGLE_TILE_D
+    return dict(BLOCK_N=128, BLOCK_K=128 if sixteen_bit else 64,
+                BLOCK_D=max(d_pad, 16) if single else (64 if sixteen_bit else 32),
+                SINGLE_D=single, num_warps=8, num_stages=3 if sixteen_bit else 2)
+
+
+def assign(x: torch.Tensor, centroids: torch.Tensor, precision: str,
+           centroid_sqnorms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every point of x (B, N, d) among centroids (B, K, d) float32.
+
+    Returns (dist (B, N) float32, labels (B, N) int64): the dot products in ``precision``
+    ('fp32' is 3xTF32 on tensor cores), accumulated in fp32, ties to the lowest index; dist is
+    sum((x - c)^2) in fp32 for the chosen c. ``centroid_sqnorms`` (B, K) float32 may be passed
+    when the caller already has them.
+    """
+    code = precision_code(precision)
+    if x.dim() != 3 or centroids.dim() != 3:
+        raise ValueError(f"assign expects x (B, N, d) and centroids (B, K, d), got "
+                         f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)}")
+    batch, n, d = x.shape
+    if centroids.shape[0] != batch or centroids.shape[2] != d or centroids.shape[1] < 1:
+        raise ValueError(f"centroids {tuple(centroids.shape)} do not match x {tuple(x.shape)}")
+    if not x.dtype.is_floating_point or centroids.dtype != torch.float32:
+        raise ValueError(f"assign expects floating x and float32 centroids, got {x.dtype} and "
+                         f"{centroids.dtype}")
+    if x.device != centroids.device:
+        raise ValueError(f"x is on {x.device} but centroids on {centroids.device}")
+    check_launchable(x, "assign")
+    k = centroids.shape[1]
+    x = x.contiguous()
+    centroids = centroids.contiguous()
+    if centroid_sqnorms is None:
+        centroid_sqnorms = (centroids * centroids).sum(-1)
+    centroid_sqnorms = centroid_sqnorms.contiguous()
+    # 16-bit modes stream centroids already rounded (half the bytes); fp32 is kept for the
+    # epilogue's exact distance.
+    c_op = centroids.to(torch.bfloat16 if precision == "bf16" else torch.float16) \
+        if precision in ("bf16", "fp16") else centroids
+    dist = torch.empty(batch, n, dtype=torch.float32, device=x.device)
+    labels = torch.empty(batch, n, dtype=torch.int64, device=x.device)
+    if n == 0:
+        return dist, labels
+    cfg = _config(x, precision, d)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), batch)
+    with device_guard(x):
+        _assign_kernel[grid](x, centroids, c_op, centroid_sqnorms, dist, labels, n, k, d,
+                             x.stride(0), x.stride(1), centroids.stride(0), centroids.stride(1),
+                             PRECISION=code, EMULATE=interpreting(x), **cfg)
+    return dist, labels
