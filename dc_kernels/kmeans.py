@@ -89,6 +89,12 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
     ``process_group``, x is this rank's shard and sums, counts and objectives are reduced over
     the group, so every rank holds the centroids of the concatenated data.
     """
+    # A backend may run the whole loop itself (one captured CUDA graph, x streamed from host
+    # memory); it returns None to leave the loop to this function.
+    if process_group is None and hasattr(backend, "run_lloyd"):
+        done = backend.run_lloyd(x, centroids, niter, precision, seed, spherical, verbose)
+        if done is not None:
+            return done
     batch, n, _ = x.shape
     k = centroids.shape[1]
     if process_group is not None:
