@@ -1,5 +1,7 @@
 """deepcluster.eval: the tasks against independent references, extract, pictures, end to end."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
-from deepcluster import eval_tasks
+from deepcluster import eval as dc_eval
+from deepcluster import eval_tasks, plots
+from deepcluster.checkpoint import model_from_checkpoint, save_checkpoint
+from deepcluster.config import Config
+from deepcluster.data import ImageSet, eval_transform
+from deepcluster.eval_features import EMBED, conv_layers, extract_features
+from deepcluster.models import build_model
+from tests.test_plots import png_size
 
 
 def _separable(n: int, d: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +37,7 @@ def _separable(n: int, d: int, classes: int, seed: int) -> tuple[torch.Tensor, t
 
 def test_linear_probe_separable_reaches_100() -> None:
     x, y = _separable(1200, 20, 4, seed=0)
-    acc = eval_tasks.linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=40, seed=0)
+    acc = eval_tasks.linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=15, seed=0)
     assert acc == 100.0
 
 
@@ -109,3 +118,124 @@ def test_cluster_scores_agree_with_sklearn() -> None:
                                        abs=1e-6)
     assert result.ari == pytest.approx(adjusted_rand_score(labels[known], pred), abs=1e-6)
     assert result.nmi > 0.9 and result.acc > 0.9 and result.purity >= result.acc
+
+
+# ---- features, extract, pictures, end to end --------------------------------------------------
+
+def _tiny_model(arch: str = "alexnet", sobel: bool = True):
+    torch.manual_seed(0)
+    return build_model(arch, 8, sobel=sobel, in_channels=1, image_size=32, width=0.05)
+
+
+def test_conv_layers_and_unpooled_features_match_a_manual_forward() -> None:
+    model = _tiny_model().eval()
+    assert [name for name, _ in conv_layers(model)] == [f"conv{i}" for i in range(1, 6)]
+    rng = np.random.default_rng(5)
+    images = ImageSet("rand", torch.from_numpy(rng.integers(0, 256, (7, 1, 20, 20),
+                                                            dtype=np.uint8)), 1)
+    feats = extract_features(model, images, image_size=32, in_channels=1,
+                             layers=["conv1", "conv2", EMBED], device=torch.device("cpu"),
+                             pool_dim=0, batch_size=3)
+    x = torch.stack([eval_transform(32)(images.load(i)) for i in range(7)])
+    with torch.no_grad():
+        # conv1 = Sobel, then the body's first conv-BN-ReLU; conv2 = up to the second ReLU.
+        h1 = model.features[:3](model.sobel(x))
+        h2 = model.features[:7](model.sobel(x))
+        torch.testing.assert_close(feats["conv1"], h1.flatten(1))
+        torch.testing.assert_close(feats["conv2"], h2.flatten(1))
+        torch.testing.assert_close(feats[EMBED], model.embed(x))
+    pooled = extract_features(model, images, image_size=32, in_channels=1, layers=["conv1"],
+                              device=torch.device("cpu"), pool_dim=50)
+    side = int(np.sqrt(50 // h1.shape[1]))
+    expected = torch.nn.functional.adaptive_avg_pool2d(h1, side).flatten(1)
+    torch.testing.assert_close(pooled["conv1"], expected)
+
+
+def test_resnet_layers() -> None:
+    model = build_model("resnet18", 4, sobel=False, in_channels=3, image_size=32)
+    assert [name for name, _ in conv_layers(model)] == [f"conv{i}" for i in range(1, 6)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """A checkpoint written exactly as deepcluster-train writes one, plus its metrics.jsonl."""
+
+    run = tmp_path_factory.mktemp("run")
+    spec = {"arch": "alexnet", "num_clusters": 8, "sobel": True, "in_channels": 1,
+            "image_size": 32, "width": 0.05}
+    config = Config(data="digits", k=8, width=0.05, epochs=2, out=str(run))
+    model = _tiny_model()
+    assignments = torch.from_numpy(np.random.default_rng(0).integers(0, 8, 1797))
+    save_checkpoint({"config": config.to_dict(), "model_spec": spec, "model": model.state_dict(),
+                     "epoch": 2, "assignments": assignments, "num_images": 1797},
+                    run / "checkpoint.pt")
+    records = [{"epoch": 0, "nmi_prev": None, "nmi_labels": 0.35},
+               {"epoch": 1, "nmi_prev": 0.6, "nmi_labels": 0.41}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run, assignments
+
+
+def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
+    run, assignments = tiny_run
+    out = tmp_path / "eval"
+    status = dc_eval.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
+                           "--baseline", "random", "--task", *dc_eval.TASKS,
+                           "--max-train", "300", "--max-test", "100", "--probe-epochs", "2",
+                           "--pool-dim", "256"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    table = (out / "results.md").read_text()
+    for row in ("k=10 NMI", "k=8 PURITY", "conv1", "conv5", "k=20 top-1 %", "k=200 top-1 %",
+                "mAP %"):
+        assert row in table and row in printed
+    assert "| task | metric | learned | random |" in table
+    rows = {(r["task"], r["metric"]): r for r in
+            json.loads((out / "results.json").read_text())}
+    assert all(0.0 <= r["learned"] <= 100.0 and 0.0 <= r["random"] <= 100.0
+               for r in rows.values())
+
+    # Every written file is listed at the end of the output, and the pictures are valid PNGs.
+    listed = printed.split("files written:")[1].split()
+    expected = {"conv1_filters_learned.png": plots.FIGSIZE_FILTERS,
+                "conv1_filters_random.png": plots.FIGSIZE_FILTERS,
+                "nmi_curves.png": plots.FIGSIZE_NMI,
+                "cluster_sizes.png": plots.FIGSIZE_SIZES,
+                "top_cluster_images.png": plots.top_images_figsize(dc_eval.PICTURE_ROWS),
+                "top_filter_images.png": plots.top_images_figsize(dc_eval.PICTURE_ROWS)}
+    for name, figsize in expected.items():
+        assert str(out / name) in listed
+        assert png_size(out / name) == plots.figure_pixels(figsize)
+
+    # extract round-trips: the .npz holds exactly the features and labels of the split.
+    splits = dc_eval.load_splits("digits", seed=0, max_train=300, max_test=100)
+    model, _ = model_from_checkpoint(run / "checkpoint.pt")
+    for split, images in (("train", splits.train), ("test", splits.test)):
+        path = out / f"features_learned_embed_{split}.npz"
+        assert str(path) in listed
+        with np.load(path) as saved:
+            assert saved["features"].dtype == np.float32
+            np.testing.assert_array_equal(saved["labels"], images.labels)
+            direct = extract_features(model, images, image_size=32, in_channels=1,
+                                      layers=["embed"], device=torch.device("cpu"))["embed"]
+            np.testing.assert_allclose(saved["features"], direct.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_splits_are_disjoint_and_fixed_by_the_seed() -> None:
+    a = dc_eval.load_splits("digits", seed=3)
+    b = dc_eval.load_splits("digits", seed=3)
+    assert len(a.train) + len(a.test) == 1797 and len(a.test) == round(0.2 * 1797)
+    assert torch.equal(a.test.images, b.test.images)
+    # Together the two splits are the whole set, each image once.
+    full = dc_eval.load_images("digits")
+    rows = sorted(bytes(x.numpy()) for x in torch.cat([a.train.images, a.test.images]))
+    assert rows == sorted(bytes(x.numpy()) for x in full.images)
+    c = dc_eval.load_splits("digits", seed=4)
+    assert not torch.equal(a.test.images, c.test.images)
+
+
+def test_bad_requests(tiny_run, tmp_path, capsys) -> None:
+    run, _ = tiny_run
+    with pytest.raises(dc_eval.EvalError, match="layer"):
+        dc_eval.evaluate(run / "checkpoint.pt", tasks=["extract"], layer="fc9", out=tmp_path)
+    assert dc_eval.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

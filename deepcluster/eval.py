@@ -1,0 +1,470 @@
+"""deepcluster-eval: measure what a DeepCluster run learned, and show it.
+
+    deepcluster-eval --checkpoint RUN/checkpoint.pt [--data SPEC] [--task ...] \
+        [--baseline random] [--out DIR]
+
+Tasks (all on frozen features, computed with torch and dc_kernels on the chosen device):
+- cluster: PCA-whitening + k-means of the train split's embeddings with k = the number of
+  classes and k = the run's k; NMI, adjusted Rand index, Hungarian accuracy, purity.
+- linear: a linear classifier per conv layer (activations average-pooled to at most
+  --pool-dim dims, as in the paper's Table 1), trained on the train split, top-1 on the test
+  split.
+- knn: weighted kNN top-1 (cosine, k = 20 and 200) on the embeddings.
+- retrieval: mAP of ranking the train split for each test image, relevant = same label.
+- extract: the --layer features and labels of each split to .npz (``features`` N x D float32,
+  ``labels`` N int64, -1 = unknown).
+- pictures: NMI curves from the run's metrics.jsonl, the last clustering's size histogram,
+  conv1 filters, the 9 most typical images of a few clusters (Fig. 4) and the 9 most
+  activating images of a few last-conv-layer filters (Fig. 5).
+``--baseline random`` runs the same tasks on the same architecture at random initialisation;
+every number is tabulated against it (results.md, results.json). Written files are listed at
+the end of the output.
+
+From Python: ``evaluate(checkpoint, ...)`` returns an ``EvalReport``.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data as dc_data
+from . import eval_tasks, plots
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .data import DataError, ImageSet, load_images
+from .eval_features import (
+    EMBED,
+    TOP_CONV_MAX,
+    conv_layers,
+    display_images,
+    extract_features,
+)
+from .models import DeepClusterNet, build_model
+
+TASKS = ("cluster", "linear", "knn", "retrieval", "extract", "pictures")
+DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
+KNN_KS = (20, 200)
+PICTURE_ROWS = 6  # clusters / filters shown in the top-image pictures
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked; the message says why."""
+
+
+@dataclass
+class Splits:
+    """The images the features are learned on (train) and scored on (test)."""
+
+    train: ImageSet
+    test: ImageSet
+    description: str
+
+
+@dataclass
+class EvalReport:
+    """``rows``: (task, metric) -> {model name: value or None}, in display order."""
+
+    models: list[str]
+    rows: dict[tuple[str, str], dict[str, float | None]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def add(self, task: str, metric: str, model: str, value: float | None) -> None:
+        self.rows.setdefault((task, metric), {})[model] = value
+
+    def markdown(self) -> str:
+        head = "| task | metric | " + " | ".join(self.models) + " |"
+        rule = "|---|---|" + "---:|" * len(self.models)
+        lines = [head, rule]
+        for (task, metric), values in self.rows.items():
+            cells = ["-" if values.get(m) is None else f"{values[m]:.3f}" for m in self.models]
+            lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"task": task, "metric": metric, **values}
+                for (task, metric), values in self.rows.items()]
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def _fashion_mnist_test() -> ImageSet:
+    """Fashion-MNIST's official 10k test split (deepcluster.data loads the train split only)."""
+    root = dc_data.FASHION_MNIST_DIR
+    files = [root / "t10k-images-idx3-ubyte.gz", root / "t10k-labels-idx1-ubyte.gz"]
+    if not all(f.is_file() for f in files):
+        raise DataError(f"Fashion-MNIST's test files are not in {root}; install the Debian "
+                        "package dataset-fashion-mnist")
+    return dc_data._from_array("fashion-mnist-test", dc_data._read_idx(files[0]),
+                               dc_data._read_idx(files[1]))
+
+
+def _split_dirs(path: Path) -> tuple[Path, Path] | None:
+    test = next((path / n for n in ("test", "val") if (path / n).is_dir()), None)
+    return (path / "train", test) if test is not None and (path / "train").is_dir() else None
+
+
+def _subsample(images: ImageSet, limit: int, seed: int) -> ImageSet:
+    if not 0 < limit < len(images):
+        return images
+    rng = np.random.default_rng(seed)
+    return images.subset(np.sort(rng.choice(len(images), limit, replace=False)))
+
+
+def load_splits(spec: str, test_spec: str | None = None, *, seed: int = 0,
+                test_fraction: float = 0.2, max_train: int = 0, max_test: int = 0) -> Splits:
+    """Train and test images for ``spec`` (a ``--data`` value).
+
+    ``test_spec`` names the test split explicitly; otherwise Fashion-MNIST uses its official
+    test set, a directory with ``train/`` and ``test/`` (or ``val/``) uses those, and any
+    other set is split at random (``test_fraction`` held out, fixed by ``seed``).
+    ``max_train`` / ``max_test`` > 0 keep a random subset of that size.
+    """
+    if test_spec is not None:
+        train, test = load_images(spec), load_images(test_spec)
+        how = f"train {spec}, test {test_spec}"
+    elif spec == "fashion-mnist":
+        train, test = load_images(spec), _fashion_mnist_test()
+        how = "Fashion-MNIST official train / test"
+    elif (dirs := _split_dirs(Path(spec).expanduser())) is not None:
+        train, test = load_images(str(dirs[0])), load_images(str(dirs[1]))
+        how = f"{dirs[0]} / {dirs[1]}"
+    else:
+        images = load_images(spec)
+        if len(images) < 2:
+            raise EvalError(f"{spec}: {len(images)} image(s) cannot be split into train / test")
+        order = np.random.default_rng(seed).permutation(len(images))
+        cut = min(len(images) - 1, max(1, round(len(images) * test_fraction)))
+        train, test = images.subset(np.sort(order[cut:])), images.subset(np.sort(order[:cut]))
+        how = f"{spec} split at random: {100 * test_fraction:.0f} % held out (seed {seed})"
+    train, test = _subsample(train, max_train, seed + 1), _subsample(test, max_test, seed + 2)
+    return Splits(train, test, f"{how}; {len(train)} train / {len(test)} test images")
+
+
+def _labels(images: ImageSet, device: torch.device) -> torch.Tensor:
+    if images.labels is None:
+        return torch.full((len(images),), -1, dtype=torch.int64, device=device)
+    return torch.as_tensor(images.labels, dtype=torch.int64, device=device)
+
+
+def _class_name(images: ImageSet, label: int) -> str:
+    names = images.class_names or (FASHION_MNIST_CLASSES
+                                   if images.name.startswith("fashion-mnist") else ())
+    return names[label] if 0 <= label < len(names) else str(label)
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the GPU when there is one; a named CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def random_model(spec: dict[str, Any], seed: int, device: torch.device) -> DeepClusterNet:
+    """The run's architecture at random initialisation (the paper's random baseline).
+
+    Called with the run's seed it draws the weights as deepcluster-train does (global torch
+    seed, then build_model), i.e. the network the run started from.
+    """
+    torch.manual_seed(seed)
+    return build_model(**spec).to(device).eval()
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+
+def _layers_needed(tasks: Sequence[str], model: DeepClusterNet, layer: str,
+                   pictures: bool) -> tuple[list[str], list[str]]:
+    """(train layers, test layers) to extract for ``tasks``."""
+    convs = [name for name, _ in conv_layers(model)]
+    train, test = set(), set()
+    if {"cluster", "knn", "retrieval"} & set(tasks) or pictures:
+        train.add(EMBED)
+    if {"knn", "retrieval"} & set(tasks):
+        test.add(EMBED)
+    if "linear" in tasks:
+        train.update(convs)
+        test.update(convs)
+    if "extract" in tasks:
+        train.add(layer)
+        test.add(layer)
+    if pictures:
+        train.add(TOP_CONV_MAX)
+    return sorted(train), sorted(test)
+
+
+def _cluster_ks(labels: torch.Tensor, run_k: int, n: int) -> list[int]:
+    classes = int(torch.unique(labels[labels >= 0]).numel())
+    return sorted({k for k in (classes, run_k) if 2 <= k <= n})
+
+
+def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: Splits,
+               tasks: Sequence[str], report: EvalReport, opts: dict[str, Any], out: Path,
+               pictures: bool, run_k: int) -> tuple[dict[str, torch.Tensor],
+                                                    eval_tasks.ClusterResult | None]:
+    """Every task of ``tasks`` for one model; returns its train features and the run-k
+    clustering for the pictures."""
+    device = opts["device"]
+    train_layers, test_layers = _layers_needed(tasks, model, opts["layer"], pictures)
+    common = {"image_size": spec["image_size"], "in_channels": spec["in_channels"],
+              "device": device, "pool_dim": opts["pool_dim"],
+              "batch_size": opts["batch_size"], "workers": opts["workers"]}
+    print(f"[{name}] features of {len(splits.train)} train images: {', '.join(train_layers)}",
+          flush=True)
+    train_f = extract_features(model, splits.train, layers=train_layers, **common)
+    test_f: dict[str, torch.Tensor] = {}
+    if test_layers:
+        print(f"[{name}] features of {len(splits.test)} test images: {', '.join(test_layers)}",
+              flush=True)
+        test_f = extract_features(model, splits.test, layers=test_layers, **common)
+    train_y, test_y = _labels(splits.train, device), _labels(splits.test, device)
+    has_train_labels = bool((train_y >= 0).any())
+    has_test_labels = has_train_labels and bool((test_y >= 0).any())
+    run_clustering = None
+
+    if "cluster" in tasks or pictures:
+        ks = _cluster_ks(train_y, run_k, len(splits.train)) if "cluster" in tasks else []
+        if pictures and run_k not in ks and run_k <= len(splits.train):
+            ks.append(run_k)
+        for k in ks:
+            result = eval_tasks.cluster(train_f[EMBED], train_y, k, pca_dim=opts["pca_dim"],
+                                        seed=opts["seed"], backend=opts["kmeans_backend"])
+            if "cluster" in tasks:
+                for metric in ("nmi", "ari", "acc", "purity"):
+                    report.add("cluster", f"k={k} {metric.upper()}", name,
+                               getattr(result, metric))
+            if k == run_k:
+                run_clustering = result
+    if "linear" in tasks and has_test_labels:
+        for layer, _ in conv_layers(model):
+            acc = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
+                                          epochs=opts["probe_epochs"], seed=opts["seed"])
+            report.add("linear", f"{layer} ({train_f[layer].shape[1]} d) top-1 %", name, acc)
+            print(f"[{name}] linear {layer}: {acc:.2f} %", flush=True)
+    if "knn" in tasks and has_test_labels:
+        for k, acc in eval_tasks.knn_accuracy(train_f[EMBED], train_y, test_f[EMBED], test_y,
+                                              ks=KNN_KS).items():
+            report.add("knn", f"k={k} top-1 %", name, acc)
+    if "retrieval" in tasks and has_test_labels:
+        report.add("retrieval", "mAP %", name,
+                   eval_tasks.retrieval_map(test_f[EMBED], test_y, train_f[EMBED], train_y))
+    if "extract" in tasks:
+        for split, feats, labels in (("train", train_f, train_y), ("test", test_f, test_y)):
+            path = out / f"features_{name}_{opts['layer']}_{split}.npz"
+            np.savez(path, features=feats[opts["layer"]].cpu().numpy().astype(np.float32),
+                     labels=labels.cpu().numpy())
+            report.files.append(path)
+    return train_f, run_clustering
+
+
+# ---- pictures ---------------------------------------------------------------------------------
+
+def _majority(images: ImageSet, indices: np.ndarray) -> str:
+    if images.labels is None:
+        return ""
+    labels = images.labels[indices]
+    labels = labels[labels >= 0]
+    if labels.size == 0:
+        return ""
+    values, counts = np.unique(labels, return_counts=True)
+    best = int(counts.argmax())
+    return f"\n{counts[best]}/{labels.size}: {_class_name(images, int(values[best]))}"
+
+
+def _top_cluster_images(clustering: eval_tasks.ClusterResult, images: ImageSet,
+                        size: int, path: Path) -> Path:
+    """Fig. 4 for clusters: per cluster, the 9 members closest to its centroid.
+
+    Clusters are taken at evenly spaced ranks of the size ranking (largest first), among those
+    with at least 9 members, so the picture shows typical clusters rather than chosen ones.
+    """
+    assignments = clustering.assignments
+    sizes = torch.bincount(assignments, minlength=clustering.k).cpu().numpy()
+    ranked = [c for c in np.argsort(-sizes, kind="stable")
+              if sizes[c] >= plots.TOP_IMAGES_PER_ROW]
+    if not ranked:
+        ranked = [c for c in np.argsort(-sizes, kind="stable") if sizes[c] > 0]
+    chosen = [ranked[i] for i in np.unique(np.linspace(0, len(ranked) - 1, PICTURE_ROWS)
+                                           .round().astype(int))]
+    per_row = min(plots.TOP_IMAGES_PER_ROW, int(min(sizes[c] for c in chosen)))
+    rows, titles = [], []
+    for c in chosen:
+        members = torch.nonzero(assignments == int(c)).flatten()
+        # Rows of ``whitened`` are unit vectors: the largest dot product is the nearest point.
+        score = clustering.whitened[members] @ clustering.centroids[int(c)]
+        top = members[score.topk(per_row).indices].cpu().numpy()
+        rows.append(display_images(images, top, size))
+        titles.append(f"cluster {c}\n{sizes[c]} images{_majority(images, top)}")
+    return plots.plot_top_images(torch.stack(rows), titles, path,
+                                 title=f"closest images to {len(chosen)} of "
+                                       f"{clustering.k} k-means centroids")
+
+
+def _top_filter_images(responses: torch.Tensor, layer: str, images: ImageSet, size: int,
+                       path: Path) -> Path:
+    """Fig. 5: for the most selective filters of the last conv layer, the 9 images whose
+    strongest response (spatial max) is the largest. Selectivity = standard deviation of that
+    response over the images."""
+    per_row = min(plots.TOP_IMAGES_PER_ROW, responses.shape[0])
+    filters = responses.std(dim=0).topk(min(PICTURE_ROWS, responses.shape[1])).indices
+    rows, titles = [], []
+    for f in filters.tolist():
+        top = responses[:, f].topk(per_row).indices.cpu().numpy()
+        rows.append(display_images(images, top, size))
+        titles.append(f"{layer} filter {f}{_majority(images, top)}")
+    return plots.plot_top_images(torch.stack(rows), titles, path,
+                                 title=f"most activating images of {len(rows)} {layer} filters")
+
+
+def _read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _conv1_picture(model: DeepClusterNet, path: Path) -> Path:
+    sobel = model.sobel.filters.weight.detach().cpu() if model.sobel is not None else None
+    return plots.plot_conv1_filters(model.conv1.weight.detach().cpu(), path,
+                                    sobel_kernels=sobel)
+
+
+# ---- driver -----------------------------------------------------------------------------------
+
+def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str | None = None,
+             tasks: Sequence[str] = DEFAULT_TASKS, out: str | Path | None = None,
+             baseline: str | None = None, layer: str = EMBED, device: str = "auto",
+             batch_size: int = 256, workers: int = 0, max_train: int = 0, max_test: int = 0,
+             pool_dim: int = 2048, probe_epochs: int = 30, seed: int = 0,
+             kmeans_backend: str = "auto") -> EvalReport:
+    """Run ``tasks`` on the checkpoint's model (and on a random one with ``baseline='random'``).
+
+    ``data`` defaults to the run's data; ``out`` to ``<checkpoint dir>/eval``. Writes
+    results.md, results.json and the task outputs to ``out``; returns the report.
+    """
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise EvalError(f"unknown task(s) {unknown}; choose from {TASKS}")
+    if baseline not in (None, "random"):
+        raise EvalError(f"--baseline must be 'random', got {baseline!r}")
+    dev = resolve_device(device)
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    spec = state["model_spec"]
+    learned, config = model_from_checkpoint(state, dev)
+    valid_layers = [EMBED, *(name for name, _ in conv_layers(learned))]
+    if layer not in valid_layers:
+        raise EvalError(f"--layer {layer!r} is not a layer of this {spec['arch']}; choose from "
+                        f"{valid_layers}")
+    out_dir = Path(out) if out is not None else checkpoint.parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(data or config.data, test_data, seed=seed, max_train=max_train,
+                         max_test=max_test)
+    print(f"checkpoint {checkpoint}: {spec['arch']} (sobel {spec['sobel']}, width "
+          f"{spec['width']}, {spec['image_size']} px), epoch {state['epoch']}, k {config.k} | "
+          f"data: {splits.description} | device {dev}", flush=True)
+    models = [("learned", learned)]
+    if baseline == "random":
+        models.append(("random", random_model(spec, config.seed, dev)))
+    report = EvalReport(models=[name for name, _ in models])
+    opts = {"device": dev, "layer": layer, "pool_dim": pool_dim, "batch_size": batch_size,
+            "workers": workers, "probe_epochs": probe_epochs, "seed": seed,
+            "kmeans_backend": kmeans_backend, "pca_dim": config.pca_dim}
+    pictures = "pictures" in tasks
+    for name, model in models:
+        train_f, clustering = _run_tasks(name, model, spec, splits, tasks, report, opts,
+                                         out_dir, pictures and name == "learned", config.k)
+        if pictures and name == "learned":
+            size = spec["image_size"]
+            report.files.append(_top_filter_images(train_f[TOP_CONV_MAX],
+                                                   conv_layers(model)[-1][0], splits.train, size,
+                                                   out_dir / "top_filter_images.png"))
+            if clustering is not None:
+                report.files.append(_top_cluster_images(clustering, splits.train, size,
+                                                        out_dir / "top_cluster_images.png"))
+        if pictures:
+            report.files.append(_conv1_picture(model, out_dir / f"conv1_filters_{name}.png"))
+        del train_f, clustering
+    if pictures:
+        metrics_file = checkpoint.parent / "metrics.jsonl"
+        if metrics_file.is_file():
+            report.files.append(plots.plot_nmi_curves(_read_records(metrics_file),
+                                                      out_dir / "nmi_curves.png"))
+        else:
+            print(f"no {metrics_file}: no NMI curves", flush=True)
+        sizes = torch.bincount(state["assignments"].long(), minlength=config.k)
+        report.files.append(plots.plot_cluster_sizes(sizes, out_dir / "cluster_sizes.png"))
+    md = out_dir / "results.md"
+    md.write_text(f"Checkpoint `{checkpoint}` (epoch {state['epoch']}); {splits.description}."
+                  f"\n\n{report.markdown()}")
+    (out_dir / "results.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    report.files += [md, out_dir / "results.json"]
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepcluster-eval",
+        description="Evaluate a DeepCluster checkpoint: clustering scores, linear probes per "
+                    "conv layer, kNN, retrieval, feature export and pictures.")
+    parser.add_argument("--checkpoint", required=True, help="the run's checkpoint.pt")
+    parser.add_argument("--data", help="a deepcluster-train --data value (default: the run's)")
+    parser.add_argument("--test-data", help="the test split as a --data value (default: the "
+                        "dataset's own test split, else 20 %% of --data held out)")
+    parser.add_argument("--task", nargs="+", choices=TASKS, default=list(DEFAULT_TASKS),
+                        help="tasks to run (default: all but extract)")
+    parser.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/eval)")
+    parser.add_argument("--baseline", choices=["random"],
+                        help="also evaluate the architecture at random initialisation")
+    parser.add_argument("--layer", default=EMBED, help="layer for extract: embed (default, "
+                        "the clustered features) or conv1 .. convN (pooled to --pool-dim)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=0, help="data-loader processes")
+    parser.add_argument("--max-train", type=int, default=0,
+                        help="random subset of the train split (0: all)")
+    parser.add_argument("--max-test", type=int, default=0,
+                        help="random subset of the test split (0: all)")
+    parser.add_argument("--pool-dim", type=int, default=2048,
+                        help="conv activations are average-pooled to at most this many dims "
+                             "(0: unpooled)")
+    parser.add_argument("--probe-epochs", type=int, default=30,
+                        help="epochs of each linear probe")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kmeans-backend", default="auto",
+                        choices=["auto", "triton", "cuda", "cpu", "torch"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``deepcluster-eval``; returns the exit status (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = evaluate(args.checkpoint, data=args.data, test_data=args.test_data,
+                          tasks=args.task, out=args.out, baseline=args.baseline,
+                          layer=args.layer, device=args.device, batch_size=args.batch_size,
+                          workers=args.workers, max_train=args.max_train,
+                          max_test=args.max_test, pool_dim=args.pool_dim,
+                          probe_epochs=args.probe_epochs, seed=args.seed,
+                          kmeans_backend=args.kmeans_backend)
+    except (EvalError, DataError, CheckpointError) as exc:
+        print(f"deepcluster-eval: error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(report.markdown(), end="")
+    print("\nfiles written:")
+    for path in report.files:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
