@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# bench/gpu_check.sh: the one prepared GPU check (H100/H200, torch 2.11, no network).
+# Builds the package, runs the GPU tests, times every dc_kernels backend against flash-kmeans,
+# fastkmeans and the chunked torch loop at the ANCHORS.md shapes, and PCA-whitening
+# 1,281,167 x 4096 -> 256 (fit + apply) against the torch pipeline; prints the acceptance
+# table last. Budget: about 8 minutes, start-up included; each step has its own timeout, and a
+# failing step is reported without stopping the rest.
+#
+# Run it from the repository root on the device machine, carrying the peers' wheels:
+#   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# The wheels are prepared once where pip can reach PyPI (.whl/ is git-ignored: never commit it):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform any -d .whl flash-kmeans==0.3.1 fastkmeans==0.5.0
+# Checked 2026-11-26: flash_kmeans-0.3.1-py3-none-any.whl (41,757 B) and
+# fastkmeans-0.5.0-py3-none-any.whl (14,548 B), both pure Python; what they require (torch,
+# triton, numpy, tqdm) is already on the GPU image.
+#
+# Logs: $OUT (bench/out when OUT is unset): build.log, tests.log, kmeans_<shape>.{log,json},
+# pca.{log,json}, summary.txt.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+START=$(date +%s)
+STEPS=()
+
+step() { echo; echo "=== $1  (t=$(( $(date +%s) - START )) s)"; }
+record() {  # record NAME RC
+  local verdict="ok"
+  [ "$2" -eq 124 ] && verdict="TIMEOUT"
+  [ "$2" -ne 0 ] && [ "$2" -ne 124 ] && verdict="FAILED (rc=$2)"
+  STEPS+=("$(printf '%-34s %s' "$1" "$verdict")")
+}
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__,
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA')"
+
+step "peer wheels"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  record "peer wheels" $?
+else
+  echo "no .whl/: flash-kmeans and fastkmeans rows will read 'nan' (see the header)"
+  record "peer wheels (none carried)" 1
+fi
+
+step "build (pip install --no-build-isolation -e .)"
+# Hopper only (sm_90): half the nvcc time of the default 80;90.
+DC_CUDA_ARCHS=${DC_CUDA_ARCHS:-90} MAX_JOBS=16 timeout 180 \
+  $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+rc=$?; record "build" $rc; tail -n 5 "$OUT/build.log"
+$PY -c "import dc_kernels; print(dc_kernels.available_backends())"
+
+step "tests: tests/test_triton.py on the GPU (all, GPU-only ones included)"
+timeout 150 $PY -m pytest -q -p no:cacheprovider --timeout 120 tests/test_triton.py \
+  -rs 2>&1 | tee "$OUT/tests.log" | tail -n 25
+record "tests: test_triton.py" "${PIPESTATUS[0]}"
+
+step "tests: every other GPU-marked test"
+timeout 90 $PY -m pytest -q -p no:cacheprovider --timeout 60 -m gpu tests \
+  --ignore=tests/test_triton.py 2>&1 | tee -a "$OUT/tests.log" | tail -n 15
+rc=${PIPESTATUS[0]}; [ "$rc" -eq 5 ] && rc=0  # 5: no GPU tests collected
+record "tests: other gpu-marked" $rc
+
+# One process per shape: a peer that trips a device-side assert (fastkmeans did at 1.28M x 256)
+# poisons its CUDA context, and must not take the later shapes with it.
+kmeans_shape() {  # kmeans_shape SHAPE ITERS TIMEOUT
+  local tag=${1//:/_}
+  step "k-means $1 ($2 iterations)"
+  timeout "$3" $PY bench/kmeans_bench.py --device cuda --shapes "$1" --iters "$2" \
+    --json "$OUT/kmeans_$tag.json" 2>&1 | tee "$OUT/kmeans_$tag.log"
+  record "k-means $1" "${PIPESTATUS[0]}"
+}
+kmeans_shape 50000x256:1000 10 45
+kmeans_shape 50000x256:100 10 40
+kmeans_shape 8x131072x128:100 10 45
+kmeans_shape 32x131072x128:1024 5 70
+kmeans_shape 1281167x256:10000 5 80
+kmeans_shape 1281167x256:100000 3 100
+
+step "PCA-whitening 1281167 x 4096 -> 256"
+timeout 120 $PY bench/pca_bench.py --n 1281167 --d-in 4096 --d-out 256 --repeats 2 \
+  --json "$OUT/pca.json" 2>&1 | tee "$OUT/pca.log"
+record "PCA bench" "${PIPESTATUS[0]}"
+
+step "summary"
+$PY - "$OUT" <<'EOF' | tee "$OUT/summary.txt"
+import glob, json, math, sys
+
+out = sys.argv[1]
+rows = [r for f in sorted(glob.glob(f"{out}/kmeans_*.json")) for r in json.load(open(f))]
+ms = {(r["shape"], r["provider"], r["precision"]): r["ms_per_iter"] for r in rows}
+ours = sorted({r["provider"] for r in rows if r["provider"].startswith("dc_kernels.")
+               and r["provider"] not in ("dc_kernels.torch", "dc_kernels.cpu")})
+
+def ratio(shape, mine, peer):
+    a, b = ms.get((shape, *mine), math.nan), ms.get((shape, *peer), math.nan)
+    return a / b if b and not math.isnan(b) else math.nan
+
+targets = [  # shape, our precision, peer, peer precision, bar (ANCHORS.md)
+    ("1281167x256:10000", "bf16", "flash-kmeans", "fp16", 0.8),
+    ("1281167x256:10000", "fp16", "flash-kmeans", "fp16", 0.8),
+    ("1281167x256:10000", "tf32", "flash-kmeans", "fp32", 0.8),
+    ("1281167x256:10000", "fp32", "torch-loop", "fp32", 0.6),
+    ("1281167x256:100000", "fp16", "flash-kmeans", "fp16", 0.8),
+    ("1281167x256:100000", "bf16", "flash-kmeans", "fp16", 0.8),
+    ("50000x256:1000", "fp32", "flash-kmeans", "fp32", 0.25),
+    ("50000x256:1000", "fp16", "flash-kmeans", "fp16", 0.25),
+    ("32x131072x128:1024", "fp16", "flash-kmeans", "fp16", 0.8),
+    ("8x131072x128:100", "fp16", "flash-kmeans", "fp16", 0.25),
+]
+print(f"{"target":<62} {'ours ms':>9} {'peer ms':>9} {'ratio':>7} {'bar':>5}  verdict")
+for provider in ours:
+    for shape, prec, peer, peer_prec, bar in targets:
+        r = ratio(shape, (provider, prec), (peer, peer_prec))
+        verdict = "n/a" if math.isnan(r) else ("ok" if r <= bar else "MISSED")
+        label = f"{shape} {provider} {prec} vs {peer} {peer_prec}"
+        print(f"{label:<62} {ms.get((shape, provider, prec), math.nan):>9.2f} "
+              f"{ms.get((shape, peer, peer_prec), math.nan):>9.2f} {r:>7.2f} {bar:>5}  {verdict}")
+    for r in rows:
+        if r["provider"] != provider:
+            continue
+        dims, k = r["shape"].split(":")
+        n = int(dims.split("x")[-2])
+        if n >= 2 * int(k) and r["empty"] == r["empty"] and r["empty"] > 0:
+            print(f"  MISSED: {r['shape']} {provider} {r['precision']}: {r['empty']:.0f} empty "
+                  "clusters at exit (target 0)")
+        if r["precision"] in ("fp32", "tf32", "bf16") and abs(r["rel_inertia"]) > (
+                1e-3 if r["precision"] == "fp32" else 5e-3):
+            print(f"  MISSED: {r['shape']} {provider} {r['precision']}: inertia "
+                  f"{r['rel_inertia']:+.1e} vs float64 Lloyd")
+try:
+    pca = {r["provider"]: r for r in json.load(open(f"{out}/pca.json"))}
+    base = pca["torch-pipeline-fp32"]
+    for name, r in pca.items():
+        if not name.startswith("dc_kernels.") or name == "dc_kernels.torch":
+            continue
+        fit_ratio = r["total_ms"] / base["total_ms"]
+        apply_ratio = r["apply_ms"] / base["apply_ms"]
+        print(f"{'PCA fit+apply ' + name + ' vs torch fp32':<62} {r['total_ms']:>9.1f} "
+              f"{base['total_ms']:>9.1f} {fit_ratio:>7.2f} {0.5:>5}  "
+              f"{'ok' if fit_ratio <= 0.5 else 'MISSED'}")
+        print(f"{'PCA apply ' + name + ' vs torch':<62} {r['apply_ms']:>9.1f} "
+              f"{base['apply_ms']:>9.1f} {apply_ratio:>7.2f} {0.4:>5}  "
+              f"{'ok' if apply_ratio <= 0.4 else 'MISSED'}")
+except (OSError, KeyError, ValueError) as exc:
+    print(f"PCA: no result ({exc})")
+EOF
+echo
+echo "=== steps"
+printf '%s\n' "${STEPS[@]}" | tee -a "$OUT/summary.txt"
+echo "total $(( $(date +%s) - START )) s; logs in $OUT"
