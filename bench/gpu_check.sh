@@ -114,7 +114,7 @@ targets = [  # shape, our precision, peer, peer precision, bar (ANCHORS.md)
     ("32x131072x128:1024", "fp16", "flash-kmeans", "fp16", 0.8),
     ("8x131072x128:100", "fp16", "flash-kmeans", "fp16", 0.25),
 ]
-print(f"{"target":<62} {'ours ms':>9} {'peer ms':>9} {'ratio':>7} {'bar':>5}  verdict")
+print(f"{'target':<62} {'ours ms':>9} {'peer ms':>9} {'ratio':>7} {'bar':>5}  verdict")
 for provider in ours:
     for shape, prec, peer, peer_prec, bar in targets:
         r = ratio(shape, (provider, prec), (peer, peer_prec))
