@@ -23,17 +23,6 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   // columns get +inf so that they never win the argmin.
   FloatBuffer packed = alloc_floats(static_cast<size_t>(batch * npanels * panel_floats));
   FloatBuffer cnorm = alloc_floats(static_cast<size_t>(batch * kpad));
-#pragma omp parallel for num_threads(nthreads) schedule(static)
-  for (int64_t task = 0; task < batch * npanels; ++task) {
-    const int64_t b = task / npanels, p = task % npanels;
-    const float* cb = centroids + b * k * d;
-    const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
-    pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
-    for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
-      cnorm[b * kpad + j] = j < k ? squared_distance(cb + j * d, nullptr, d)
-                                  : std::numeric_limits<float>::infinity();
-    }
-  }
 
   const Blocking blk = choose_blocking(mk, d, npanels, n, nthreads);
   const int64_t rows = blk.rows_per_block;
@@ -45,13 +34,27 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   FloatBuffer best = alloc_floats(static_cast<size_t>(nthreads * state));
   std::vector<int32_t> index(static_cast<size_t>(nthreads * state));
 
+  // One parallel region for packing and sweeping: on a shared machine every extra fork/join
+  // can cost a scheduler tick.
 #pragma omp parallel num_threads(nthreads)
   {
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < batch * npanels; ++task) {
+      const int64_t b = task / npanels, p = task % npanels;
+      const float* cb = centroids + b * k * d;
+      const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
+      pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
+      for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
+        cnorm[b * kpad + j] = j < k ? squared_distance(cb + j * d, nullptr, d)
+                                    : std::numeric_limits<float>::infinity();
+      }
+    }  // implicit barrier: every panel is packed before any row block reads it
+
     const int tid = omp_get_thread_num();
     float* a = apack.get() + tid * rows * d;
     float* bv = best.get() + tid * state;
     int32_t* bi = index.data() + tid * state;
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (int64_t task = 0; task < batch * blocks; ++task) {
       const int64_t b = task / blocks;
       const int64_t row0 = (task % blocks) * rows;
@@ -86,14 +89,47 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   }
 }
 
+// Add rows [i0, i1) of one problem into sums (k x d) and cnt (k).
+static void accumulate_rows(const float* x, const int64_t* labels, int64_t i0, int64_t i1,
+                            int64_t d, float* sums, int64_t* cnt) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t j = labels[i];
+    float* s = sums + j * d;
+    const float* xi = x + i * d;
+    for (int64_t t = 0; t < d; ++t) s[t] += xi[t];
+    ++cnt[j];
+  }
+}
+
+// centroid = sum / count for a non-empty cluster; an empty one keeps its previous centroid.
+static void finish_cluster(const float* sum, int64_t count, int64_t d, float* centroid) {
+  if (count == 0) return;
+  const float denom = static_cast<float>(count);
+  for (int64_t t = 0; t < d; ++t) centroid[t] = sum[t] / denom;
+}
+
 void update(const float* x, const int64_t* labels, float* centroids, int64_t* counts,
             int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads) {
   FloatBuffer partial = alloc_floats(static_cast<size_t>(nthreads * k * d));
   std::vector<int64_t> partial_counts(static_cast<size_t>(nthreads * k));
+  if (batch >= nthreads) {
+    // Enough problems to go round: each thread owns whole problems, no barrier inside.
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+    for (int64_t b = 0; b < batch; ++b) {
+      const int tid = omp_get_thread_num();
+      float* sums = partial.get() + tid * k * d;
+      int64_t* nb = counts + b * k;
+      std::fill(sums, sums + k * d, 0.0f);
+      std::fill(nb, nb + k, 0);
+      accumulate_rows(x + b * n * d, labels + b * n, 0, n, d, sums, nb);
+      for (int64_t j = 0; j < k; ++j) {
+        finish_cluster(sums + j * d, nb[j], d, centroids + (b * k + j) * d);
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < batch; ++b) {
-    const float* xb = x + b * n * d;
     const int64_t* lb = labels + b * n;
-    float* cb = centroids + b * k * d;
     int64_t* nb = counts + b * k;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -105,29 +141,22 @@ void update(const float* x, const int64_t* labels, float* centroids, int64_t* co
       std::fill(cnt, cnt + k, 0);
       // Static row ranges: each thread sums its own rows, so the result does not depend on
       // scheduling, only on the thread count.
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = lb[i];
-        float* s = sums + j * d;
-        const float* xi = xb + i * d;
-        for (int64_t t = 0; t < d; ++t) s[t] += xi[t];
-        ++cnt[j];
-      }
-#pragma omp for schedule(static)
-      for (int64_t j = 0; j < k; ++j) {
+      const int64_t i0 = n * tid / used, i1 = n * (tid + 1) / used;
+      accumulate_rows(x + b * n * d, lb, i0, i1, d, sums, cnt);
+#pragma omp barrier
+      // Reduce the partial sums over threads, in thread order, one cluster range per thread.
+      const int64_t j0 = k * tid / used, j1 = k * (tid + 1) / used;
+      for (int64_t j = j0; j < j1; ++j) {
         int64_t total = 0;
         for (int th = 0; th < used; ++th) total += partial_counts[th * k + j];
         nb[j] = total;
-        if (total == 0) continue;  // empty: keep the previous centroid for the split
-        float* c = cb + j * d;
-        const float* first = partial.get() + j * d;
-        std::copy(first, first + d, c);
+        if (total == 0) continue;
+        float* first = partial.get() + j * d;
         for (int th = 1; th < used; ++th) {
-          const float* s = partial.get() + (th * k + j) * d;
-          for (int64_t t = 0; t < d; ++t) c[t] += s[t];
+          const float* other = partial.get() + (th * k + j) * d;
+          for (int64_t t = 0; t < d; ++t) first[t] += other[t];
         }
-        const float denom = static_cast<float>(total);
-        for (int64_t t = 0; t < d; ++t) c[t] /= denom;
+        finish_cluster(first, total, d, centroids + (b * k + j) * d);
       }
     }
   }
@@ -157,7 +186,7 @@ void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t 
     grow[t] = 1.0f + kSplitEps * sign;
     shrink[t] = 1.0f - kSplitEps * sign;
   }
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (batch > 1)
   for (int64_t b = 0; b < batch; ++b) {
     int64_t* cnt = counts + b * k;
     float* c = centroids + b * k * d;
