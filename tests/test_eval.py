@@ -159,7 +159,6 @@ def test_resnet_layers() -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     """A checkpoint written exactly as deepcluster-train writes one, plus its metrics.jsonl."""
-
     run = tmp_path_factory.mktemp("run")
     spec = {"arch": "alexnet", "num_clusters": 8, "sobel": True, "in_channels": 1,
             "image_size": 32, "width": 0.05}
@@ -172,11 +171,11 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     records = [{"epoch": 0, "nmi_prev": None, "nmi_labels": 0.35},
                {"epoch": 1, "nmi_prev": 0.6, "nmi_labels": 0.41}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return run, assignments
+    return run
 
 
 def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
-    run, assignments = tiny_run
+    run = tiny_run
     out = tmp_path / "eval"
     status = dc_eval.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
                            "--baseline", "random", "--task", *dc_eval.TASKS,
@@ -234,7 +233,7 @@ def test_splits_are_disjoint_and_fixed_by_the_seed() -> None:
 
 
 def test_bad_requests(tiny_run, tmp_path, capsys) -> None:
-    run, _ = tiny_run
+    run = tiny_run
     with pytest.raises(dc_eval.EvalError, match="layer"):
         dc_eval.evaluate(run / "checkpoint.pt", tasks=["extract"], layer="fc9", out=tmp_path)
     assert dc_eval.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
