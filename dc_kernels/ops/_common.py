@@ -3,10 +3,12 @@ product, and the device guard every launcher uses."""
 
 import contextlib
 import os
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 # Precision names -> the integer code the kernels branch on at compile time.
 PRECISION_CODE = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 3}
@@ -92,3 +94,27 @@ def dot_operands(a, b, acc, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     else:
         acc = tl.dot(a, b, acc)
     return acc
+
+
+_FITTING: dict[tuple, int] = {}
+
+
+def launch(kernel: triton.JITFunction, grid: Callable[[dict], tuple], args: tuple,
+           configs: list[dict], key: tuple) -> None:
+    """Launch ``kernel`` with the first of ``configs`` that fits the GPU (shared memory,
+    registers), remembering per ``key`` which one did.
+
+    The configs are tuned for Hopper; a card with less shared memory, or a compiler that stages
+    differently, raises OutOfResources when the kernel is built, before anything runs, so the
+    next (smaller) config can be tried safely. ``grid`` takes the chosen config.
+    """
+    first = _FITTING.get((kernel, key), 0)
+    for i in range(first, len(configs)):
+        try:
+            kernel[grid](*args, **configs[i])
+        except OutOfResources:
+            if i == len(configs) - 1:
+                raise
+            continue
+        _FITTING[(kernel, key)] = i
+        return

@@ -18,12 +18,13 @@ from ._common import (
     device_guard,
     dot_operands,
     interpreting,
+    launch,
     next_pow2,
     precision_code,
     to_operand,
 )
 
-# Largest padded d kept on chip as one tile (256 x 128 rows of bf16 = 64 KiB).
+# Largest padded d kept on chip as one tile with 16-bit operands (128 rows x 256 = 64 KiB).
 SINGLE_TILE_D = 256
 
 
@@ -95,19 +96,27 @@ def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
     tl.store(label_ptr + b * N + rows, best_idx.to(tl.int64), mask=row_ok)
 
 
-def _config(x: torch.Tensor, precision: str, d: int) -> dict:
-    """Tile sizes: GPU tiles sized for tensor cores; smaller ones under the interpreter, where
-    each program costs a Python-level step but large tiles cost numpy time."""
+def _configs(x: torch.Tensor, precision: str, d: int) -> list[dict]:
+    """Tile configs, best first. GPU: tensor-core tiles, the point tile kept on chip when d
+    fits (16-bit operands up to d = 256, fp32 ones up to 128: 3xTF32 needs twice the space);
+    then smaller fallbacks. Interpreter: small tiles (each op costs numpy time)."""
     d_pad = next_pow2(d)
     if interpreting(x):
         single = d_pad <= 64
-        return dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=d_pad if single else 64,
-                    SINGLE_D=single, num_warps=4, num_stages=1)
+        return [dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=d_pad if single else 64, SINGLE_D=single,
+                     num_warps=4, num_stages=1)]
     sixteen_bit = precision in ("bf16", "fp16")
-    single = d_pad <= SINGLE_TILE_D
-    return dict(BLOCK_N=128, BLOCK_K=128 if sixteen_bit else 64,
-                BLOCK_D=max(d_pad, 16) if single else (64 if sixteen_bit else 32),
-                SINGLE_D=single, num_warps=8, num_stages=3 if sixteen_bit else 2)
+    block_k = 128 if sixteen_bit else 64
+    slice_d = 64 if sixteen_bit else 32
+    configs = []
+    if d_pad <= (SINGLE_TILE_D if sixteen_bit else SINGLE_TILE_D // 2):
+        configs.append(dict(BLOCK_N=128, BLOCK_K=block_k, BLOCK_D=max(d_pad, 16),
+                            SINGLE_D=True, num_warps=8, num_stages=2))
+    configs.append(dict(BLOCK_N=128, BLOCK_K=block_k, BLOCK_D=slice_d, SINGLE_D=False,
+                        num_warps=8, num_stages=3))
+    configs.append(dict(BLOCK_N=64, BLOCK_K=64, BLOCK_D=32, SINGLE_D=False, num_warps=4,
+                        num_stages=2))
+    return configs
 
 
 def assign(x: torch.Tensor, centroids: torch.Tensor, precision: str,
@@ -146,10 +155,9 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, precision: str,
     labels = torch.empty(batch, n, dtype=torch.int64, device=x.device)
     if n == 0:
         return dist, labels
-    cfg = _config(x, precision, d)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), batch)
+    args = (x, centroids, c_op, centroid_sqnorms, dist, labels, n, k, d, x.stride(0),
+            x.stride(1), centroids.stride(0), centroids.stride(1), code, interpreting(x))
     with device_guard(x):
-        _assign_kernel[grid](x, centroids, c_op, centroid_sqnorms, dist, labels, n, k, d,
-                             x.stride(0), x.stride(1), centroids.stride(0), centroids.stride(1),
-                             PRECISION=code, EMULATE=interpreting(x), **cfg)
+        launch(_assign_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch), args,
+               _configs(x, precision, d), key=(precision, min(next_pow2(d), 512), x.dtype))
     return dist, labels

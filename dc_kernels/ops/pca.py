@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, device_guard, interpreting, next_pow2
+from ._common import check_launchable, device_guard, interpreting, launch, next_pow2
 
 # Rows whose fp32 partial Gram tile is summed before it is added in float64.
 ROWS_PER_CHUNK = 1 << 16
@@ -84,10 +84,11 @@ def accumulate_gram(x: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor) ->
     pairs = _upper_pairs(triton.cdiv(d, block_m), x.device)
     rows_per_chunk = min(ROWS_PER_CHUNK, max(64, next_pow2(n)))
     grid = (pairs.numel() // 2, triton.cdiv(n, rows_per_chunk))
+    args = (x, shift, gram, pairs, n, d, x.stride(0), rows_per_chunk)
+    configs = [dict(BLOCK_M=block_m, BLOCK_R=32 if interp else 64, num_warps=8, num_stages=s)
+               for s in (3, 2, 1)]
     with device_guard(x):
-        _gram_kernel[grid](x, shift, gram, pairs, n, d, x.stride(0), rows_per_chunk,
-                           BLOCK_M=block_m, BLOCK_R=32 if interp else 64, num_warps=8,
-                           num_stages=3)
+        launch(_gram_kernel, lambda meta: grid, args, configs, key=(block_m, x.dtype))
 
 
 def covariance_from_gram(gram: torch.Tensor, n: int, mean: torch.Tensor,
@@ -242,10 +243,12 @@ def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
     block_n = 32 if interp else max(16, min(128, 16384 // block_out))
     block_k = 32 if interp else (32 if block_out >= 256 else 64)
     grid = (triton.cdiv(n, block_n),)
+    args = (x, mean, proj, out, n, d_in, d_out, x.stride(0), bool(normalize))
+    configs = [dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_OUT=block_out, num_warps=8,
+                    num_stages=s) for s in (3, 2, 1)]
     with device_guard(x):
-        _apply_kernel[grid](x, mean, proj, out, n, d_in, d_out, x.stride(0),
-                            NORMALIZE=bool(normalize), BLOCK_N=block_n, BLOCK_K=block_k,
-                            BLOCK_OUT=block_out, num_warps=8, num_stages=3)
+        launch(_apply_kernel, lambda meta: grid, args, configs,
+               key=(block_out, bool(normalize), x.dtype))
     return out
 
 
