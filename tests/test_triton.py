@@ -207,6 +207,8 @@ def _spectrum_matrix(d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_top_eigh_matches_dense_eigh(d, count):
     cov, values = _spectrum_matrix(d, seed=d)
     got_values, got_vectors = pca_ops.top_eigh(cov, count)
+    if 4 * (2 * count + 16) <= d:  # the subspace path: it must converge, not fall back
+        assert pca_ops._subspace_eigh(cov, count, 2 * count + 16, 64, pca_ops.EIGH_TOL)
     ref_values, ref_vectors = REF.top_eigh(cov, count)
     torch.testing.assert_close(got_values, ref_values, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got_values.cpu(), values[:count], rtol=1e-10, atol=1e-12)

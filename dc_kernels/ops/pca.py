@@ -116,26 +116,26 @@ def covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, covariance_from_gram(gram, n, mean, shift)
 
 
-def _cholqr(y: torch.Tensor) -> torch.Tensor | None:
-    """Orthonormal basis of y's columns by Cholesky QR, twice for stability; None when the
-    Gram matrix is too ill-conditioned for Cholesky (the caller then uses Householder QR)."""
+def _cholqr(y: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of y's columns by Cholesky QR, twice for stability. No host sync:
+    if the Gram matrix is too ill-conditioned the result holds NaNs, which the convergence
+    test of ``_subspace_eigh`` sees (and the dense eigh takes over)."""
     for _ in range(2):
-        chol, info = torch.linalg.cholesky_ex(y.T @ y)
-        if int(info) != 0:
-            return None
+        chol = torch.linalg.cholesky_ex(y.T @ y)[0]
         y = torch.linalg.solve_triangular(chol, y.T, upper=False).T
     return y
 
 
-def top_eigh(cov: torch.Tensor, count: int, max_iter: int = 300,
+def top_eigh(cov: torch.Tensor, count: int, max_iter: int = 64,
              tol: float = EIGH_TOL) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``count`` largest eigenpairs of a symmetric float64 matrix, largest first.
 
-    Returns (values (count,), vectors (d, count)) float64. Subspace iteration on a block of
-    p = 2 * count + 16 vectors (the error of pair i shrinks like (lambda_{p+1} / lambda_i)^t),
-    Rayleigh-Ritz every few steps, stopped when every wanted residual ||C u - theta u|| is below
-    ``tol`` times the largest eigenvalue. Used when p <= d / 4 (then an iteration costs a small
-    fraction of a dense eigh); a dense eigh otherwise or if ``max_iter`` steps do not suffice.
+    Returns (values (count,), vectors (d, count)) float64. When p = 2 * count + 16 <= d / 4:
+    subspace iteration on p vectors (the error of pair i shrinks like (lambda_{p+1} /
+    lambda_i)^t), each step one d x d x p GEMM and a Cholesky QR, with Rayleigh-Ritz every
+    few steps; it stops when every wanted residual ||C u - theta u|| is below ``tol`` times the
+    largest eigenvalue. ``max_iter`` bounds its cost near a dense eigh's on a GPU; if it has not
+    converged by then (a flat spectrum), or when p > d / 4, a dense ``torch.linalg.eigh``.
     """
     if cov.dim() != 2 or cov.shape[0] != cov.shape[1] or cov.dtype != torch.float64:
         raise ValueError(f"top_eigh expects a square float64 matrix, got {cov.dtype} "
@@ -157,27 +157,26 @@ def _subspace_eigh(cov: torch.Tensor, count: int, p: int, max_iter: int,
                    tol: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     d = cov.shape[0]
     generator = torch.Generator(device=cov.device).manual_seed(0)
-    basis = torch.linalg.qr(torch.randn(d, p, dtype=torch.float64, device=cov.device,
-                                        generator=generator))[0]
-    scale = None
-    check_every = 4
+    basis = _cholqr(torch.randn(d, p, dtype=torch.float64, device=cov.device,
+                                generator=generator))
+    check_every = 8
     for step in range(1, max_iter + 1):
         image = cov @ basis
-        if step % check_every == 0:
+        if step % check_every == 0 or step == max_iter:
             # Rayleigh-Ritz on the current basis; the residual of C u = theta u decides.
             theta, w = torch.linalg.eigh(basis.T @ image)
-            order = torch.argsort(theta, descending=True)
-            theta, w = theta[order], w[:, order]
+            theta, w = theta.flip(0), w.flip(1)  # descending
             ritz = basis @ w
             resid = image @ w[:, :count] - ritz[:, :count] * theta[:count]
-            if scale is None:
-                scale = max(float(theta[0].abs()), torch.finfo(torch.float64).tiny)
-            if float(resid.norm(dim=0).max()) <= tol * scale:
+            bound = tol * theta[0].abs()
+            worst = resid.norm(dim=0).max()
+            if not bool(torch.isfinite(worst)):
+                return None
+            if bool(worst <= bound):
                 return theta[:count], ritz[:, :count]
             # Continue from the Ritz vectors: they are the best available approximations.
             image = image @ w
-        q = _cholqr(image)
-        basis = q if q is not None else torch.linalg.qr(image)[0]
+        basis = _cholqr(image)
     return None
 
 
