@@ -64,12 +64,15 @@ class _HostChunks:
             torch.empty(self.rows, d, dtype=x.dtype).pin_memory() for _ in range(2)]
         self.spans = [(b, s, min(s + self.rows, n)) for b in range(batch)
                       for s in range(0, n, self.rows)]
+        # Per buffer: the compute that last read it, the copy that last wrote it. Kept across
+        # passes, so the first copies of a pass wait for the last compute of the previous one.
+        self.used: list[torch.cuda.Event | None] = [None, None]
+        self.copied: list[torch.cuda.Event | None] = [None, None]
 
     def __iter__(self) -> Iterator[tuple[int, int, int, torch.Tensor]]:
         """Yields (b, start, stop, rows (1, stop - start, d) on the GPU) in order."""
         compute = torch.cuda.current_stream(self.device)
-        used: list[torch.cuda.Event | None] = [None, None]
-        copied: list[torch.cuda.Event | None] = [None, None]
+        used, copied = self.used, self.copied
         for i, (b, start, stop) in enumerate(self.spans):
             slot = i % 2
             with torch.cuda.stream(self.copy_stream):
@@ -88,8 +91,6 @@ class _HostChunks:
             yield b, start, stop, self.bufs[slot][:stop - start].unsqueeze(0)
             used[slot] = torch.cuda.Event()
             used[slot].record(compute)
-        # The buffers are reused by the next pass: make the compute stream own them till then.
-        compute.wait_stream(self.copy_stream)
 
 
 class TritonBackend(TorchBackend):
@@ -210,6 +211,12 @@ class TritonBackend(TorchBackend):
 
     def _lloyd_graph(self, x: torch.Tensor, centroids: torch.Tensor, niter: int, precision: str,
                      seed: int, spherical: bool) -> tuple[torch.Tensor, list[dict]]:
+        with torch.cuda.device(x.device):  # graphs and their streams live on x's device
+            return self._lloyd_graph_here(x, centroids, niter, precision, seed, spherical)
+
+    def _lloyd_graph_here(self, x: torch.Tensor, centroids: torch.Tensor, niter: int,
+                          precision: str, seed: int,
+                          spherical: bool) -> tuple[torch.Tensor, list[dict]]:
         batch = x.shape[0]
         stats = self._stats(batch, niter, x.device)
         it = torch.zeros(1, dtype=torch.int64, device=x.device)

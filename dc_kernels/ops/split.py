@@ -27,7 +27,9 @@ def _mix64_tl(z):
     return z ^ (z >> 31)
 
 
-@triton.jit
+# The draw's inputs are plain values, never specialised (Triton would turn an iteration of 1
+# into a compile-time constant and build a second kernel for it).
+@triton.jit(do_not_specialize=["seed_key", "iteration"])
 def _split_kernel(c_ptr, counts_ptr, bsum_ptr, nsplit_ptr, iter_ptr,
                   seed_key, iteration, K, D, n_blocks, eps,
                   ITER_ON_DEVICE: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
