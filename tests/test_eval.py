@@ -21,6 +21,16 @@ from deepcluster.models import build_model
 from tests.test_plots import png_size
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these problems are tiny, and threaded LAPACK (PCA's eigh) on a busy
+    2-core machine can be 30x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _separable(n: int, d: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points labelled by argmax(x @ W), keeping only those with a margin: linearly separable."""
     rng = np.random.default_rng(seed)
