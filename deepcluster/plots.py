@@ -89,8 +89,10 @@ def plot_cluster_sizes(sizes: Any, path: str | Path) -> Path:
         raise ValueError("cluster sizes must be non-negative")
     fig = Figure(figsize=FIGSIZE_SIZES)
     ax = fig.add_subplot(1, 1, 1)
-    bins = min(50, max(1, int(s.max() - s.min()) + 1))
+    # numpy's automatic bin count suits both 10 and 10,000 clusters; capped so bars stay visible.
+    bins = min(50, len(np.histogram_bin_edges(s, bins="auto")) - 1)
     ax.hist(s, bins=bins, color="tab:blue", edgecolor="white")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("cluster size (images)")
     ax.set_ylabel("number of clusters")
     ax.set_title(f"{s.size} clusters, {(s == 0).sum()} empty; size min {s.min()}, "
