@@ -103,7 +103,7 @@ def _configs(x: torch.Tensor, precision: str, d: int) -> list[dict]:
     d_pad = next_pow2(d)
     if interpreting(x):
         single = d_pad <= 64
-        return [dict(BLOCK_N=32, BLOCK_K=32, BLOCK_D=d_pad if single else 64, SINGLE_D=single,
+        return [dict(BLOCK_N=64, BLOCK_K=64, BLOCK_D=d_pad if single else 64, SINGLE_D=single,
                      num_warps=4, num_stages=1)]
     sixteen_bit = precision in ("bf16", "fp16")
     block_k = 128 if sixteen_bit else 64

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, device_guard, interpreting, next_pow2
+from ._common import check_launchable, device_guard, next_pow2
 
 ONEHOT_MAX_K = 128
 
@@ -98,11 +98,10 @@ def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int,
     batch, n, d = x.shape
     if n == 0:
         return
-    interp = interpreting(x)
     if k <= ONEHOT_MAX_K:
         block_k = max(16, next_pow2(k))
         block_d = min(64, max(16, next_pow2(d)))
-        block_n = 32 if interp else 64
+        block_n = 64
         # Enough rows per program to amortise the atomics, few enough to fill the GPU.
         rows_per_program = max(block_n,
                                min(4096, triton.cdiv(n * batch, 1024) // block_n * block_n))
