@@ -87,6 +87,32 @@ def test_assign_ties_go_to_lowest_index(isa):
     assert labels.tolist() == [[3] * len(copies)]
 
 
+def test_assign_settles_near_ties_with_exact_distances(isa):
+    # Far from the origin, ||c||^2 - 2 x.c loses its last digits to cancellation in fp32: two
+    # centroids 1 apart around (1000, ..., 1000) are misordered for many points even with
+    # exactly rounded dot products, although their true distances differ by more than 0.1 %.
+    # The kernel must still label those points exactly (it settles near-ties by the exact
+    # distances of the two best candidates).
+    rng = np.random.default_rng(0)
+    d = 64
+    centre = np.full(d, 1000.0)
+    c = np.concatenate([np.stack([centre, centre]), centre + 30 * rng.normal(size=(6, d))])
+    c[0, 0] += 0.5
+    c[1, 0] -= 0.5
+    x = (centre + 0.5 * rng.normal(size=(2000, d))).astype(np.float32)
+    c = c.astype(np.float32)
+    best64, labels64, margin = assign64(torch.from_numpy(x)[None], torch.from_numpy(c)[None])
+    clear = margin[0] > 1e-3
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    c_sq = (c64 * c64).sum(1).astype(np.float32)
+    dots = (x64 @ c64.T).astype(np.float32)  # exactly rounded fp32 dot products
+    expanded = (c_sq[None] - np.float32(2.0) * dots).argmin(1)
+    assert np.mean((expanded != labels64[0])[clear]) > 0.05  # the case is hard
+    dist, labels = CPU.assign(torch.from_numpy(x)[None], torch.from_numpy(c)[None], "fp32")
+    np.testing.assert_array_equal(labels[0].numpy()[clear], labels64[0][clear])
+    np.testing.assert_allclose(dist[0].numpy(), best64[0], rtol=1e-5)
+
+
 def test_batched_equals_separate_calls(isa):
     x, c = separated(3, 301, 53, 40, seed=7)
     dist, labels = CPU.assign(x, c, "fp32")

@@ -127,16 +127,26 @@ DC_AVX512 void argmin_512(const float* a, const float* b, int64_t d, const float
   }
 #pragma GCC unroll 8
   for (int r = 0; r < kMr512; ++r) {
-    __m512 bv = _mm512_loadu_ps(best + 16 * r);
-    __m512i bi = _mm512_loadu_si512(index + 16 * r);
+    float* second = best + kMr512 * 16;
+    int32_t* second_index = index + kMr512 * 16;
+    __m512 v1 = _mm512_loadu_ps(best + 16 * r);
+    __m512i i1 = _mm512_loadu_si512(index + 16 * r);
+    __m512 v2 = _mm512_loadu_ps(second + 16 * r);
+    __m512i i2 = _mm512_loadu_si512(second_index + 16 * r);
     for (int v = 0; v < 3; ++v) {  // columns in increasing order: strict < keeps the first
       const __m512 val = _mm512_fmadd_ps(acc.v[r][v], minus2, cn[v]);
-      const __mmask16 lt = _mm512_cmp_ps_mask(val, bv, _CMP_LT_OQ);
-      bv = _mm512_mask_mov_ps(bv, lt, val);
-      bi = _mm512_mask_mov_epi32(bi, lt, col[v]);
+      const __mmask16 lt1 = _mm512_cmp_ps_mask(val, v1, _CMP_LT_OQ);
+      const __mmask16 lt2 = _mm512_cmp_ps_mask(val, v2, _CMP_LT_OQ);
+      // Runner-up: the old best where val beats it, else val where val beats the runner-up.
+      v2 = _mm512_mask_mov_ps(_mm512_mask_mov_ps(v2, lt2, val), lt1, v1);
+      i2 = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(i2, lt2, col[v]), lt1, i1);
+      v1 = _mm512_mask_mov_ps(v1, lt1, val);
+      i1 = _mm512_mask_mov_epi32(i1, lt1, col[v]);
     }
-    _mm512_storeu_ps(best + 16 * r, bv);
-    _mm512_storeu_si512(index + 16 * r, bi);
+    _mm512_storeu_ps(best + 16 * r, v1);
+    _mm512_storeu_si512(index + 16 * r, i1);
+    _mm512_storeu_ps(second + 16 * r, v2);
+    _mm512_storeu_si512(second_index + 16 * r, i2);
   }
 }
 
@@ -202,17 +212,29 @@ DC_AVX2 void argmin_256(const float* a, const float* b, int64_t d, const float* 
   }
 #pragma GCC unroll 6
   for (int r = 0; r < kMr256; ++r) {
-    __m256 bv = _mm256_loadu_ps(best + 8 * r);
-    __m256 bi = _mm256_castsi256_ps(
+    float* second = best + kMr256 * 8;
+    int32_t* second_index = index + kMr256 * 8;
+    __m256 v1 = _mm256_loadu_ps(best + 8 * r);
+    __m256 i1 = _mm256_castsi256_ps(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + 8 * r)));
+    __m256 v2 = _mm256_loadu_ps(second + 8 * r);
+    __m256 i2 = _mm256_castsi256_ps(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(second_index + 8 * r)));
     for (int v = 0; v < 2; ++v) {
       const __m256 val = _mm256_fmadd_ps(acc.v[r][v], minus2, cn[v]);
-      const __m256 lt = _mm256_cmp_ps(val, bv, _CMP_LT_OQ);
-      bv = _mm256_blendv_ps(bv, val, lt);
-      bi = _mm256_blendv_ps(bi, _mm256_castsi256_ps(col[v]), lt);
+      const __m256 colf = _mm256_castsi256_ps(col[v]);
+      const __m256 lt1 = _mm256_cmp_ps(val, v1, _CMP_LT_OQ);
+      const __m256 lt2 = _mm256_cmp_ps(val, v2, _CMP_LT_OQ);
+      v2 = _mm256_blendv_ps(_mm256_blendv_ps(v2, val, lt2), v1, lt1);
+      i2 = _mm256_blendv_ps(_mm256_blendv_ps(i2, colf, lt2), i1, lt1);
+      v1 = _mm256_blendv_ps(v1, val, lt1);
+      i1 = _mm256_blendv_ps(i1, colf, lt1);
     }
-    _mm256_storeu_ps(best + 8 * r, bv);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + 8 * r), _mm256_castps_si256(bi));
+    _mm256_storeu_ps(best + 8 * r, v1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index + 8 * r), _mm256_castps_si256(i1));
+    _mm256_storeu_ps(second + 8 * r, v2);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(second_index + 8 * r),
+                        _mm256_castps_si256(i2));
   }
 }
 
@@ -248,12 +270,20 @@ void argmin_scalar(const float* a, const float* b, int64_t d, const float* cnorm
                    float* best, int32_t* index) {
   float acc[kMrScalar][kNrScalar];
   accumulate_scalar(a, b, d, acc);
+  float* second = best + kMrScalar * kNrScalar;
+  int32_t* second_index = index + kMrScalar * kNrScalar;
   for (int r = 0; r < kMrScalar; ++r) {
     for (int j = 0; j < kNrScalar; ++j) {
       const float val = cnorm[j] - 2.0f * acc[r][j];
-      if (val < best[r * kNrScalar + j]) {
-        best[r * kNrScalar + j] = val;
-        index[r * kNrScalar + j] = col0 + j;
+      const int s = r * kNrScalar + j;
+      if (val < best[s]) {
+        second[s] = best[s];
+        second_index[s] = index[s];
+        best[s] = val;
+        index[s] = col0 + j;
+      } else if (val < second[s]) {
+        second[s] = val;
+        second_index[s] = col0 + j;
       }
     }
   }

@@ -32,9 +32,11 @@ struct Microkernel {
   int mr;     // rows per tile
   int nr;     // columns per tile (one B micro-panel)
   int lanes;  // width of the running-argmin state per row (a divisor of nr)
-  // Argmin epilogue: for every row r and column j of the tile, v = cnorm[j] - 2 * (a_r . b_j);
-  // lane l = j % lanes of row r keeps (best[r * lanes + l], index[r * lanes + l]) and replaces
-  // it only when v is strictly smaller, so ties keep the lowest column (col0 + j).
+  // Argmin epilogue: for every row r and column j of the tile, v = cnorm[j] - 2 * (a_r . b_j).
+  // Lane l = j % lanes of row r keeps the two smallest values it has seen with their columns:
+  // (best[r * lanes + l], index[...]) and the runner-up (best[(mr + r) * lanes + l], ...). A
+  // value replaces a kept one only when strictly smaller, so ties keep the lowest column
+  // (col0 + j) first. The runner-up lets the caller settle near-ties with exact distances.
   void (*argmin)(const float* a, const float* b, int64_t d, const float* cnorm, int32_t col0,
                  float* best, int32_t* index);
   // Store epilogue: out[r * ldo + j] = a_r . b_j for r < rows, j < cols.

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -27,7 +28,13 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   const Blocking blk = choose_blocking(mk, d, npanels, n, nthreads);
   const int64_t rows = blk.rows_per_block;
   const int64_t blocks = (n + rows - 1) / rows;
-  const int64_t state = rows * mk.lanes;
+  // Per row and lane: best and runner-up values and columns (see Microkernel::argmin).
+  const int64_t tile_state = 2 * mk.mr * mk.lanes;
+  const int64_t state = (rows / mk.mr) * tile_state;
+  // Two candidates closer than this (relative to the magnitudes that entered the fp32 dot
+  // products) may be in the wrong order; their exact distances decide. sqrt(d) ulps is the
+  // typical rounding error of a d-term sum; the factor leaves a wide margin.
+  const float near_tie = 1e-6f * std::sqrt(static_cast<float>(d));
   // Per-thread scratch, allocated before the parallel region so that a failed allocation
   // throws here rather than inside OpenMP.
   FloatBuffer apack = alloc_floats(static_cast<size_t>(nthreads * rows * d));
@@ -65,25 +72,44 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
       const float* nb = cnorm.get() + b * kpad;
       const int64_t ntiles = (nrows + mk.mr - 1) / mk.mr;
       pack_a(xb, nrows, d, d, nullptr, mk.mr, a);
-      std::fill(bv, bv + ntiles * mk.mr * mk.lanes, std::numeric_limits<float>::infinity());
-      std::fill(bi, bi + ntiles * mk.mr * mk.lanes, 0);
+      std::fill(bv, bv + ntiles * tile_state, std::numeric_limits<float>::infinity());
+      std::fill(bi, bi + ntiles * tile_state, -1);  // -1: no column seen yet
       sweep_tiles(ntiles, npanels, blk.panels_per_block, [&](int64_t t, int64_t p) {
         mk.argmin(a + t * mk.mr * d, pb + p * panel_floats, d, nb + p * mk.nr,
-                  static_cast<int32_t>(p * mk.nr), bv + t * mk.mr * mk.lanes,
-                  bi + t * mk.mr * mk.lanes);
+                  static_cast<int32_t>(p * mk.nr), bv + t * tile_state, bi + t * tile_state);
       });
       for (int64_t r = 0; r < nrows; ++r) {
-        // Lanes hold interleaved columns: the smallest value wins, equal values the lowest
-        // column, which is the reference's tie rule.
-        const float* v = bv + r * mk.lanes;
-        const int32_t* ix = bi + r * mk.lanes;
-        int l_best = 0;
-        for (int l = 1; l < mk.lanes; ++l) {
-          if (v[l] < v[l_best] || (v[l] == v[l_best] && ix[l] < ix[l_best])) l_best = l;
+        // Merge the lanes' candidates (columns interleaved across lanes): smallest value
+        // first, equal values by lowest column, which is the reference's tie rule.
+        const int64_t base = (r / mk.mr) * tile_state + (r % mk.mr) * mk.lanes;
+        float v1 = std::numeric_limits<float>::infinity(), v2 = v1;
+        int32_t j1 = -1, j2 = -1;
+        for (int kept = 0; kept < 2; ++kept) {
+          const float* v = bv + base + kept * mk.mr * mk.lanes;
+          const int32_t* ix = bi + base + kept * mk.mr * mk.lanes;
+          for (int l = 0; l < mk.lanes; ++l) {
+            if (ix[l] < 0) continue;
+            if (j1 < 0 || v[l] < v1 || (v[l] == v1 && ix[l] < j1)) {
+              v2 = v1, j2 = j1, v1 = v[l], j1 = ix[l];
+            } else if (j2 < 0 || v[l] < v2 || (v[l] == v2 && ix[l] < j2)) {
+              v2 = v[l], j2 = ix[l];
+            }
+          }
         }
-        const int64_t label = ix[l_best];
+        if (j1 < 0) j1 = 0;  // only if every value overflowed to +inf
+        const float* xr = xb + r * d;
+        int64_t label = j1;
+        float best_dist = squared_distance(xr, cb + label * d, d);
+        const float scale = 2.0f * nb[j1] + std::fabs(v1);
+        if (j2 >= 0 && v2 - v1 <= near_tie * scale) {
+          const float other = squared_distance(xr, cb + static_cast<int64_t>(j2) * d, d);
+          if (other < best_dist || (other == best_dist && j2 < j1)) {
+            label = j2;
+            best_dist = other;
+          }
+        }
         labels[b * n + row0 + r] = label;
-        dist[b * n + row0 + r] = squared_distance(xb + r * d, cb + label * d, d);
+        dist[b * n + row0 + r] = best_dist;
       }
     }
   }

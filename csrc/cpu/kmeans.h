@@ -7,8 +7,10 @@
 namespace dc {
 
 // labels[b, i] = argmin_j ||c_j||^2 - 2 x_i.c_j (ties -> lowest j) through the tile engine,
-// never materialising the N x K matrix; dist[b, i] = sum((x_i - c_label)^2) computed directly
-// in fp32, so it carries no cancellation error.
+// never materialising the N x K matrix; when the two best values are within the fp32 rounding
+// error of that expression, their direct distances decide (so labels match float64 more often
+// than the expanded form alone can). dist[b, i] = sum((x_i - c_label)^2) computed directly in
+// fp32, so it carries no cancellation error.
 void assign(const float* x, const float* centroids, int64_t batch, int64_t n, int64_t k,
             int64_t d, float* dist, int64_t* labels, int nthreads);
 

@@ -2,7 +2,10 @@
 
 Each step validates its inputs (shapes, dtypes, device), makes them contiguous float32, allocates
 the outputs with torch and hands raw addresses to the extension, which releases the GIL and runs
-on ``torch.get_num_threads()`` threads. Covariance and eigendecomposition stay on the reference
+on ``torch.get_num_threads()`` threads. ``assign`` goes beyond the reference in one respect:
+when the two best values of ||c||^2 - 2 x.c are within fp32 rounding of each other, the exact
+distances of those two candidates decide, so labels agree with float64 even where cancellation
+would misorder them. Covariance and eigendecomposition stay on the reference
 (float64 LAPACK/BLAS through torch).
 """
 
