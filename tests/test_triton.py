@@ -241,6 +241,24 @@ def test_pca_apply_matches_reference(n, d_in, d_out, normalize):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_pca_apply_reduced_precision_is_as_named(precision):
+    x = correlated(100, 64, seed=9)
+    g = torch.Generator().manual_seed(1)
+    mean = x.mean(0)
+    proj = (torch.randn(64, 16, generator=g) / 8).to(DEV)
+    out = pca_ops.pca_apply(x, mean, proj, False, precision).double()
+    exact = (x.double() - mean.double()) @ proj.double()
+    xc = (x - mean).float()
+    readings = ["tf32", "tf32-rn"] if precision == "tf32" and DEV.type == "cuda" else [precision]
+    errors = [float((out - round_operand(xc, r) @ round_operand(proj, r)).abs().max())
+              for r in readings]
+    # Equal to the product of operands rounded as named (up to fp32 summation), clearly
+    # farther from the exact one: the precision is neither higher nor lower than asked.
+    exact_err = float((out - exact).abs().max())
+    assert min(errors) < 1e-5 < exact_err
+
+
 # ---------------------------------------------------------------------------------- API
 def test_kmeans_api_and_batched_equals_separate():
     x = blobs(3, 150, 8, centres=12, seed=4)

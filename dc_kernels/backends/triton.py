@@ -306,12 +306,12 @@ class TritonBackend(TorchBackend):
             # Rows wider than the registers hold: the chunked torch path.
             return super().pca_apply(x, mean, proj, normalize)
         if not _streams(x):
-            return pca.pca_apply(x, mean, proj, normalize)
+            return pca.pca_apply(x, mean, proj, normalize, "fp32")
         gpu = torch.device("cuda", torch.cuda.current_device())
         mean_dev, proj_dev = mean.to(gpu), proj.to(gpu)
         out = torch.empty(x.shape[0], proj.shape[1], dtype=torch.float32).pin_memory()
         for _, start, stop, chunk in _HostChunks(x.unsqueeze(0), gpu):
-            out[start:stop].copy_(pca.pca_apply(chunk[0], mean_dev, proj_dev, normalize),
+            out[start:stop].copy_(pca.pca_apply(chunk[0], mean_dev, proj_dev, normalize, "fp32"),
                                   non_blocking=True)
         torch.cuda.current_stream(gpu).synchronize()  # the host copies above are asynchronous
         return out

@@ -52,6 +52,15 @@ def truncate_tf32(v):
 
 
 @triton.jit
+def round_bf16(v):
+    """fp32 values rounded to the nearest bf16 (ties to even), kept in fp32: what the GPU's
+    conversion does (the interpreter's own conversion truncates)."""
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def to_operand(v, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
     """``v`` rounded to the dot operand type of PRECISION (see ``dot_operands``)."""
     if PRECISION == 0:
@@ -61,9 +70,10 @@ def to_operand(v, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
         if EMULATE:
             out = truncate_tf32(out)
     elif PRECISION == 2:
-        out = v.to(tl.bfloat16)
         if EMULATE:
-            out = out.to(tl.float32)
+            out = round_bf16(v.to(tl.float32))
+        else:
+            out = v.to(tl.bfloat16)
     else:
         out = v.to(tl.float16)
     return out
@@ -75,9 +85,10 @@ def dot_operands(a, b, acc, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
 
     fp32 uses 3xTF32 (hi/lo split on tensor cores: about fp32 accuracy at tensor-core speed);
     tf32, bf16 and fp16 multiply the operands as named. EMULATE is set for the CPU interpreter,
-    whose dot ignores TF32 and misreads bf16 operands (it multiplies their raw bits): there
-    ``to_operand`` rounds the operands explicitly and they are multiplied in fp32, which is what
-    the hardware computes, since products of TF32 or bf16 values are exact in fp32.
+    whose dot ignores TF32 and misreads bf16 operands (it multiplies their raw bits), and whose
+    fp32 -> bf16 conversion truncates: there ``to_operand`` rounds the operands explicitly as
+    the GPU does and they are multiplied in fp32, which is what the hardware computes, since
+    products of TF32 or bf16 values are exact in fp32.
     """
     if PRECISION == 0:
         acc = tl.dot(a, b, acc, input_precision="tf32x3")

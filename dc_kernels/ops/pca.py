@@ -15,7 +15,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_launchable, device_guard, interpreting, launch, next_pow2
+from ._common import (
+    check_launchable,
+    device_guard,
+    dot_operands,
+    interpreting,
+    launch,
+    next_pow2,
+    precision_code,
+    to_operand,
+)
 
 # Rows whose fp32 partial Gram tile is summed before it is added in float64.
 ROWS_PER_CHUNK = 1 << 16
@@ -182,8 +191,8 @@ def _subspace_eigh(cov: torch.Tensor, count: int, p: int, max_iter: int,
 
 @triton.jit
 def _apply_kernel(x_ptr, mean_ptr, proj_ptr, out_ptr, N, DIN, DOUT, stride_xn,
-                  NORMALIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  BLOCK_OUT: tl.constexpr):
+                  NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_OUT: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     cols = tl.arange(0, BLOCK_OUT)
@@ -199,8 +208,8 @@ def _apply_kernel(x_ptr, mean_ptr, proj_ptr, out_ptr, N, DIN, DOUT, stride_xn,
                       - mu[None, :], 0.0)
         p = tl.load(proj_ptr + kk.to(tl.int64)[:, None] * DOUT + cols[None, :],
                     mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        # 3xTF32: the projection is fp32-accurate, as the reference's.
-        acc = tl.dot(xc, p, acc, input_precision="tf32x3")
+        acc = dot_operands(to_operand(xc, PRECISION, EMULATE), to_operand(p, PRECISION, EMULATE),
+                           acc, PRECISION, EMULATE)
     if NORMALIZE:
         norm = tl.sqrt(tl.sum(acc * acc, axis=1))
         acc = acc / tl.maximum(norm, 1e-12)[:, None]
@@ -208,13 +217,16 @@ def _apply_kernel(x_ptr, mean_ptr, proj_ptr, out_ptr, N, DIN, DOUT, stride_xn,
              mask=row_ok[:, None] & col_ok[None, :])
 
 
-def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
-              normalize: bool) -> torch.Tensor:
+def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor, normalize: bool,
+              precision: str = "fp32") -> torch.Tensor:
     """y = (x - mean) @ proj, each row L2-normalised when ``normalize``, in one pass over x.
 
     x (N, d_in) any float dtype, mean (d_in,) and proj (d_in, d_out) float32 with
-    next_pow2(d_out) <= APPLY_MAX_OUT; returns (N, d_out) float32.
+    next_pow2(d_out) <= APPLY_MAX_OUT; the centred rows and proj are multiplied in
+    ``precision`` ('fp32': 3xTF32, fp32-accurate, the reference's contract) and accumulated in
+    fp32; returns (N, d_out) float32.
     """
+    code = precision_code(precision)
     if x.dim() != 2 or mean.dim() != 1 or proj.dim() != 2 or mean.shape[0] != x.shape[1] \
             or proj.shape[0] != x.shape[1]:
         raise ValueError(f"pca_apply expects x (N, d_in), mean (d_in,), proj (d_in, d_out), got "
@@ -242,12 +254,12 @@ def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
     block_n = 32 if interp else max(16, min(128, 16384 // block_out))
     block_k = 32 if interp else (32 if block_out >= 256 else 64)
     grid = (triton.cdiv(n, block_n),)
-    args = (x, mean, proj, out, n, d_in, d_out, x.stride(0), bool(normalize))
+    args = (x, mean, proj, out, n, d_in, d_out, x.stride(0), bool(normalize), code, interp)
     configs = [dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_OUT=block_out, num_warps=8,
                     num_stages=s) for s in (3, 2, 1)]
     with device_guard(x):
         launch(_apply_kernel, lambda meta: grid, args, configs,
-               key=(block_out, bool(normalize), x.dtype))
+               key=(block_out, bool(normalize), code, x.dtype))
     return out
 
 
