@@ -129,6 +129,7 @@ targets = [  # shape, our precision, peer, peer precision, bar (ANCHORS.md)
     ("1281167x256:10000", "fp32", "torch-loop", "fp32", 0.6),
     ("1281167x256:100000", "fp16", "flash-kmeans", "fp16", 0.8),
     ("1281167x256:100000", "bf16", "flash-kmeans", "fp16", 0.8),
+    ("50000x256:1000", "tf32", "flash-kmeans", "fp32", 0.25),  # flash runs fp32 input as TF32
     ("50000x256:1000", "fp32", "flash-kmeans", "fp32", 0.25),
     ("50000x256:1000", "fp16", "flash-kmeans", "fp16", 0.25),
     ("32x131072x128:1024", "fp16", "flash-kmeans", "fp16", 0.8),
