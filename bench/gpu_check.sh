@@ -20,7 +20,7 @@
 # pca.{log,json}, summary.txt.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-bench/out}
+OUT=${OUT:-bench/results/gpu_check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 START=$(date +%s)
