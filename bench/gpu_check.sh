@@ -16,8 +16,8 @@
 # fastkmeans-0.5.0-py3-none-any.whl (14,548 B), both pure Python; what they require (torch,
 # triton, numpy, tqdm) is already on the GPU image.
 #
-# Logs: $OUT (bench/results/gpu_check, git-ignored, when OUT is unset): build.log, tests.log, kmeans_<shape>.{log,json},
-# pca.{log,json}, summary.txt.
+# Logs: $OUT (bench/results/gpu_check, git-ignored, when OUT is unset): build.log, tests.log,
+# kmeans_<shape>.{log,json}, pca.{log,json}, summary.txt.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results/gpu_check}
