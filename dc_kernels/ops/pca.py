@@ -83,7 +83,9 @@ def accumulate_gram(x: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor) ->
     """Add the upper-triangle tiles of (x - shift)^T (x - shift) into ``gram`` (d, d) float64.
 
     x (n, d) any float dtype, shift (d,) float32; the lower triangle of ``gram`` is not
-    meaningful (``symmetric_from_upper`` fills it). Callers streaming x call this per chunk.
+    meaningful (``covariance_from_gram`` reads the upper one). Callers streaming x call this
+    per chunk. The products are fp32-accurate (3xTF32) by design: the fit is float64-grade,
+    so there is no precision to choose.
     """
     n, d = x.shape
     if n == 0:
