@@ -232,6 +232,10 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
     has_train_labels = bool((train_y >= 0).any())
     has_test_labels = has_train_labels and bool((test_y >= 0).any())
     run_clustering = None
+    skipped = [t for t in ("linear", "knn", "retrieval") if t in tasks and not has_test_labels]
+    if skipped:
+        print(f"[{name}] {', '.join(skipped)} skipped: they need labels on both splits",
+              flush=True)
 
     if "cluster" in tasks or pictures:
         ks = _cluster_ks(train_y, run_k, len(splits.train)) if "cluster" in tasks else []
@@ -343,7 +347,7 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
              tasks: Sequence[str] = DEFAULT_TASKS, out: str | Path | None = None,
              baseline: str | None = None, layer: str = EMBED, device: str = "auto",
              batch_size: int = 256, workers: int = 0, max_train: int = 0, max_test: int = 0,
-             pool_dim: int = 2048, probe_epochs: int = 30, seed: int = 0,
+             pool_dim: int = 2048, probe_epochs: int = 10, seed: int = 0,
              kmeans_backend: str = "auto") -> EvalReport:
     """Run ``tasks`` on the checkpoint's model (and on a random one with ``baseline='random'``).
 
@@ -436,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool-dim", type=int, default=2048,
                         help="conv activations are average-pooled to at most this many dims "
                              "(0: unpooled)")
-    parser.add_argument("--probe-epochs", type=int, default=30,
+    parser.add_argument("--probe-epochs", type=int, default=10,
                         help="epochs of each linear probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kmeans-backend", default="auto",

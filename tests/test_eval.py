@@ -47,7 +47,8 @@ def _separable(n: int, d: int, classes: int, seed: int) -> tuple[torch.Tensor, t
 
 def test_linear_probe_separable_reaches_100() -> None:
     x, y = _separable(1200, 20, 4, seed=0)
-    acc = eval_tasks.linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=15, seed=0)
+    acc = eval_tasks.linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=20,
+                                  batch_size=100, seed=0)
     assert acc == 100.0
 
 
@@ -200,8 +201,10 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     assert "| task | metric | learned | random |" in table
     rows = {(r["task"], r["metric"]): r for r in
             json.loads((out / "results.json").read_text())}
-    assert all(0.0 <= r["learned"] <= 100.0 and 0.0 <= r["random"] <= 100.0
-               for r in rows.values())
+    # ARI may dip below 0 (worse than chance); every other number is a fraction or a percent.
+    assert all(-1.0 <= r[m] <= 100.0 for r in rows.values() for m in ("learned", "random"))
+    assert all(0.0 <= r[m] <= 1.0 for (task, metric), r in rows.items()
+               if task == "cluster" and "ARI" not in metric for m in ("learned", "random"))
 
     # Every written file is listed at the end of the output, and the pictures are valid PNGs.
     listed = printed.split("files written:")[1].split()
