@@ -103,10 +103,11 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     test_x = (test_x - mean) / std
     train_y, test_y, classes = _compact_labels(train_y, test_y)
     generator = torch.Generator().manual_seed(seed)
-    probe = nn.Linear(train_x.shape[1], classes).to(train_x.device)
-    with torch.no_grad():
+    probe = nn.Linear(train_x.shape[1], classes)
+    with torch.no_grad():  # drawn on the CPU (where the generator lives), then moved
         probe.weight.normal_(0.0, 0.01, generator=generator)
         probe.bias.zero_()
+    probe = probe.to(train_x.device)
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9,
                                 weight_decay=weight_decay)
     steps_per_epoch = math.ceil(train_x.shape[0] / batch_size)

@@ -251,3 +251,18 @@ def test_bad_requests(tiny_run, tmp_path, capsys) -> None:
         dc_eval.evaluate(run / "checkpoint.pt", tasks=["extract"], layer="fc9", out=tmp_path)
     assert dc_eval.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_end_to_end_on_cuda_agrees_with_cpu(tiny_run, tmp_path) -> None:
+    kwargs = {"tasks": ["cluster", "linear", "knn", "retrieval"], "max_train": 300,
+              "max_test": 100, "probe_epochs": 2, "pool_dim": 256}
+    cpu = dc_eval.evaluate(tiny_run / "checkpoint.pt", device="cpu", out=tmp_path / "cpu",
+                           **kwargs)
+    gpu = dc_eval.evaluate(tiny_run / "checkpoint.pt", device="cuda", out=tmp_path / "gpu",
+                           **kwargs)
+    assert gpu.rows.keys() == cpu.rows.keys()
+    for key in (("knn", "k=20 top-1 %"), ("retrieval", "mAP %")):
+        # Same features up to float rounding (cuDNN vs CPU convolutions): within one image.
+        assert gpu.rows[key]["learned"] == pytest.approx(cpu.rows[key]["learned"], abs=1.01)
