@@ -264,5 +264,6 @@ def test_end_to_end_on_cuda_agrees_with_cpu(tiny_run, tmp_path) -> None:
                            **kwargs)
     assert gpu.rows.keys() == cpu.rows.keys()
     for key in (("knn", "k=20 top-1 %"), ("retrieval", "mAP %")):
-        # Same features up to float rounding (cuDNN vs CPU convolutions): within one image.
-        assert gpu.rows[key]["learned"] == pytest.approx(cpu.rows[key]["learned"], abs=1.01)
+        # Same features up to float rounding (cuDNN and CPU convolutions round differently, so
+        # near-ties may swap): at most one of the 100 test images changes its kNN vote.
+        assert gpu.rows[key]["learned"] == pytest.approx(cpu.rows[key]["learned"], abs=1.0)
