@@ -47,7 +47,10 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy()
+        x = x.detach().cpu()
+        # Integer tensors keep their dtype (uint8 images are shown as they are); floats go to
+        # float32, which NumPy has for every torch float (bfloat16 has no NumPy type).
+        return (x.float() if x.is_floating_point() else x).numpy()
     return np.asarray(x)
 
 
@@ -195,7 +198,9 @@ def plot_top_images(images: Any, titles: list[str], path: str | Path,
     top = 0.5 / fig.get_figheight()
     row_h = (1.0 - top) / groups
     for g in range(groups):
-        row = _minmax(x[g].astype(np.float64).transpose(0, 2, 3, 1))
+        row = x[g].astype(np.float64).transpose(0, 2, 3, 1)
+        # uint8 images are shown as they are; other values have no fixed range to show.
+        row = row / 255.0 if x.dtype == np.uint8 else _minmax(row)
         ax = fig.add_axes((left, 1.0 - top - (g + 1) * row_h, 1.0 - left, row_h))
         _show(ax, _tile(row, ncols=TOP_IMAGES_PER_ROW))
         fig.text(0.01, 1.0 - top - (g + 0.5) * row_h, titles[g], va="center", fontsize=8)

@@ -110,3 +110,14 @@ def test_top_images_rejects_bad_input(tmp_path: Path) -> None:
         plots.plot_top_images(torch.rand(2, 9, 1, 8, 8), ["a"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="at most 9"):
         plots.plot_top_images(torch.rand(1, 10, 1, 8, 8), ["a"], tmp_path / "x.png")
+
+
+def test_top_images_show_uint8_as_is_and_scale_floats(tmp_path: Path) -> None:
+    # A dim uint8 image (values 0..40) stays dim; the same values as floats are stretched.
+    dim = torch.linspace(0, 40, 28 * 28).reshape(1, 1, 1, 28, 28)
+    mid_grey = {}
+    for kind, images in (("uint8", dim.to(torch.uint8)), ("float", dim)):
+        out = plots.plot_top_images(images, ["x"], tmp_path / f"{kind}.png")
+        pixels = np.asarray(Image.open(out).convert("L"))
+        mid_grey[kind] = int(((pixels > 80) & (pixels < 200)).sum())
+    assert mid_grey["uint8"] < 100 < 1000 < mid_grey["float"]
