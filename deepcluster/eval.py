@@ -50,6 +50,7 @@ from .models import DeepClusterNet, build_model
 TASKS = ("cluster", "linear", "knn", "retrieval", "extract", "pictures")
 DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
 KNN_KS = (20, 200)
+CLUSTER_METRICS = {"nmi": "NMI", "ari": "ARI", "acc": "ACC", "purity": "purity"}
 PICTURE_ROWS = 6  # clusters / filters shown in the top-image pictures
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -245,9 +246,8 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
             result = eval_tasks.cluster(train_f[EMBED], train_y, k, pca_dim=opts["pca_dim"],
                                         seed=opts["seed"], backend=opts["kmeans_backend"])
             if "cluster" in tasks:
-                for metric in ("nmi", "ari", "acc", "purity"):
-                    report.add("cluster", f"k={k} {metric.upper()}", name,
-                               getattr(result, metric))
+                for field_name, metric in CLUSTER_METRICS.items():
+                    report.add("cluster", f"k={k} {metric}", name, getattr(result, field_name))
             if k == run_k:
                 run_clustering = result
     if "linear" in tasks and has_test_labels:

@@ -195,7 +195,7 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     assert status == 0
     printed = capsys.readouterr().out
     table = (out / "results.md").read_text()
-    for row in ("k=10 NMI", "k=8 PURITY", "conv1", "conv5", "k=20 top-1 %", "k=200 top-1 %",
+    for row in ("k=10 NMI", "k=8 purity", "conv1", "conv5", "k=20 top-1 %", "k=200 top-1 %",
                 "mAP %"):
         assert row in table and row in printed
     assert "| task | metric | learned | random |" in table
