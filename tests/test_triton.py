@@ -7,6 +7,13 @@ kernels then round the operands themselves (``EMULATE``) exactly as the tensor c
 reduced-precision tests below check what the hardware computes.
 """
 
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -328,6 +335,118 @@ def test_unavailable_reason():
     with pytest.raises(ValueError, match="float32 centroids"):
         assign(torch.zeros(1, 4, 2, device=DEV), torch.zeros(1, 2, 2, dtype=torch.float64,
                                                                device=DEV), "fp32")
+
+
+# ---------------------------------------------------------------------------------- Hopper build
+# Each kernel's first (preferred) config compiled for sm_90 with Triton's bundled ptxas, as a
+# launch on aligned tensors with d and K multiples of 16 would compile it: it must build, fit
+# the 227 KiB of shared memory a Hopper block may use, and not spill registers (beyond a few
+# bytes). This guards the GPU path on machines without a GPU. It runs in a subprocess without
+# TRITON_INTERPRET, since interpreted kernels cannot be compiled.
+HOPPER_SHARED = 232448
+
+
+def _hopper_build(fn, pointers: dict, consts: dict, scalars: dict | None) -> str:
+    """'' when ``fn`` builds for sm_90 within the limits, else what went wrong."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    consts = dict(consts)
+    options = {"num_warps": consts.pop("num_warps"), "num_stages": consts.pop("num_stages", 3)}
+    signature = {name: "constexpr" if name in consts
+                 else pointers.get(name) or (scalars or {}).get(name, "i32")
+                 for name in fn.arg_names}
+    aligned = {"D", "K", "DIN", "DOUT", "stride_xb", "stride_xn", "stride_cb", "stride_ck"}
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+             for a, t in signature.items() if t.startswith("*") or a in aligned}
+    try:
+        kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts,
+                                          attrs=attrs),
+                                target=GPUTarget("cuda", 90, 32), options=options)
+    except Exception as exc:  # report every case, not only the first failure
+        return f"does not build: {type(exc).__name__}: {str(exc)[:300]}"
+    if kernel.metadata.shared > HOPPER_SHARED:
+        return f"needs {kernel.metadata.shared} B of shared memory"
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if cuobjdump.exists():
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+            cubin.write(kernel.asm["cubin"])
+            cubin.flush()
+            usage = subprocess.run([str(cuobjdump), "-res-usage", cubin.name],
+                                   capture_output=True, text=True, check=True).stdout
+        stack = [int(m) for m in re.findall(r"STACK:(\d+)", usage)]
+        if not stack or max(stack) > 64:
+            return f"spills registers: {usage.strip()[-200:]}"
+    return ""
+
+
+def _hopper_cases():
+    from dc_kernels.ops import assign as assign_ops
+    from dc_kernels.ops import pca as pca_mod
+    from dc_kernels.ops import split as split_ops
+    from dc_kernels.ops import update as update_ops
+
+    x_ptrs = {"x_ptr": "*fp32", "c_ptr": "*fp32", "csq_ptr": "*fp32", "dist_ptr": "*fp32",
+              "label_ptr": "*i64"}
+    for precision, code in (("fp32", 0), ("tf32", 1), ("bf16", 2), ("fp16", 3)):
+        op = {"bf16": "*bf16", "fp16": "*fp16"}.get(precision, "*fp32")
+        # The point tile on chip (largest d it is used for) and d streamed in slices.
+        for d in ((128, 256) if code < 2 else (256, 1000)):
+            cfg = assign_ops.assign_configs(d, precision, False)[0]
+            yield (f"assign-{precision}-d{d}", assign_ops._assign_kernel,
+                   {**x_ptrs, "xop_ptr": op, "cop_ptr": op},
+                   {**cfg, "PRECISION": code, "EMULATE": False}, None)
+    sums = {"x_ptr": "*fp32", "label_ptr": "*i64", "sums_ptr": "*fp32", "counts_ptr": "*i32"}
+    yield ("update-onehot", update_ops._sums_onehot_kernel, sums,
+           update_ops.onehot_config(100, 128), None)
+    yield ("update-atomic", update_ops._sums_atomic_kernel, sums, update_ops.atomic_config(256),
+           None)
+    yield ("update-finalize", update_ops._finalize_kernel,
+           {"sums_ptr": "*fp32", "counts32_ptr": "*i32", "c_ptr": "*fp32", "counts_ptr": "*i64"},
+           {"BLOCK_R": 32, "BLOCK_D": 128, "num_warps": 4}, None)
+    yield ("split", split_ops._split_kernel,
+           {"c_ptr": "*fp32", "counts_ptr": "*i64", "bsum_ptr": "*i64", "nsplit_ptr": "*i64",
+            "iter_ptr": "*i64"},
+           {"ITER_ON_DEVICE": True, "BLOCK": 256, "NB": 512, "BLOCK_D": 256, "num_warps": 4},
+           {"seed_key": "u64", "eps": "fp32"})
+    yield ("pca-gram", pca_mod._gram_kernel,
+           {"x_ptr": "*fp32", "shift_ptr": "*fp32", "gram_ptr": "*fp64", "pairs_ptr": "*i32"},
+           pca_mod.gram_configs(4096, False)[0], None)
+    for code in (0, 1):
+        yield (f"pca-apply-{code}", pca_mod._apply_kernel,
+               {"x_ptr": "*fp32", "mean_ptr": "*fp32", "proj_ptr": "*fp32", "out_ptr": "*fp32"},
+               {**pca_mod.apply_configs(256, False)[0], "NORMALIZE": True, "PRECISION": code,
+                "EMULATE": False}, None)
+
+
+def hopper_report() -> None:
+    """Print one line per kernel case: its name, then 'ok' or the problem."""
+    for name, fn, pointers, consts, scalars in _hopper_cases():
+        problem = _hopper_build(fn, pointers, consts, scalars)
+        print(name, problem or "ok", flush=True)
+
+
+def _bundled_ptxas() -> bool:
+    import importlib.util
+
+    spec = importlib.util.find_spec("triton")
+    return spec is not None and (Path(spec.origin).parent / "backends" / "nvidia" / "bin"
+                                 / "ptxas").exists()
+
+
+@pytest.mark.slow  # about 15 s with a cold Triton cache
+@pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton's bundled ptxas")
+def test_kernels_build_for_hopper():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", "from tests.test_triton import hopper_report; "
+                          "hopper_report()"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    lines = run.stdout.strip().splitlines()
+    assert run.returncode == 0 and lines, run.stderr[-2000:]
+    problems = [line for line in lines if not line.endswith(" ok")]
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------------- GPU only

@@ -29,7 +29,7 @@ SINGLE_TILE_D = 256
 
 
 @triton.jit
-def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
+def _assign_kernel(x_ptr, xop_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
                    N, K, D,
                    stride_xb, stride_xn, stride_cb, stride_ck,
                    PRECISION: tl.constexpr, EMULATE: tl.constexpr, SINGLE_D: tl.constexpr,
@@ -39,14 +39,15 @@ def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     x_base = x_ptr + b * stride_xb + rows.to(tl.int64)[:, None] * stride_xn
+    xop_base = xop_ptr + b * stride_xb + rows.to(tl.int64)[:, None] * stride_xn
     c_base = c_ptr + b * stride_cb
     cop_base = cop_ptr + b * stride_cb
     offs_d = tl.arange(0, BLOCK_D)
 
     if SINGLE_D:
         # The point tile stays on chip, already in operand form, for the whole centroid sweep.
-        x_tile = tl.load(x_base + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D),
-                         other=0.0)
+        x_tile = tl.load(xop_base + offs_d[None, :],
+                         mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
         x_op = to_operand(x_tile, PRECISION, EMULATE)
 
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
@@ -65,7 +66,7 @@ def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
             for d0 in range(0, D, BLOCK_D):
                 dd = d0 + offs_d
                 d_ok = dd < D
-                x_tile = tl.load(x_base + dd[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                x_tile = tl.load(xop_base + dd[None, :], mask=row_ok[:, None] & d_ok[None, :],
                                  other=0.0)
                 c_tile = tl.load(c_rows + dd[None, :], mask=col_ok[:, None] & d_ok[None, :],
                                  other=0.0)
@@ -75,12 +76,14 @@ def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
         csq = tl.load(csq_ptr + b * K + cols, mask=col_ok, other=float("inf"))
         # 2 * acc is exact, so this rounds exactly like the reference's csq + (-2) * dots.
         score = tl.where(col_ok[None, :], csq[None, :] - 2.0 * acc, float("inf"))
-        tile_best, tile_arg = tl.min(score, axis=1, return_indices=True,
-                                     return_indices_tie_break_left=True)
+        tile_best = tl.min(score, axis=1)
+        # Lowest column reaching the minimum (ties to the lowest index), as a second fused
+        # reduction: cheaper in registers than an argmin carrying an index tile.
+        tile_arg = tl.min(tl.where(score == tile_best[:, None], cols[None, :], K), axis=1)
         # Strictly smaller only: an equal score in a later tile keeps the lower index.
         better = tile_best < best
         best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, tile_arg.to(tl.int32) + k0, best_idx)
+        best_idx = tl.where(better, tile_arg, best_idx)
 
     # Epilogue: exact fp32 distance to the winner, gathered row by row.
     win = c_base + best_idx.to(tl.int64)[:, None] * stride_ck
@@ -96,12 +99,12 @@ def _assign_kernel(x_ptr, c_ptr, cop_ptr, csq_ptr, dist_ptr, label_ptr,
     tl.store(label_ptr + b * N + rows, best_idx.to(tl.int64), mask=row_ok)
 
 
-def _configs(x: torch.Tensor, precision: str, d: int) -> list[dict]:
+def assign_configs(d: int, precision: str, interp: bool) -> list[dict]:
     """Tile configs, best first. GPU: tensor-core tiles, the point tile kept on chip when d
     fits (16-bit operands up to d = 256, fp32 ones up to 128: 3xTF32 needs twice the space);
     then smaller fallbacks. Interpreter: small tiles (each op costs numpy time)."""
     d_pad = next_pow2(d)
-    if interpreting(x):
+    if interp:
         single = d_pad <= 64
         return [dict(BLOCK_N=64, BLOCK_K=64, BLOCK_D=d_pad if single else 64, SINGLE_D=single,
                      num_warps=4, num_stages=1)]
@@ -147,17 +150,23 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, precision: str,
     if centroid_sqnorms is None:
         centroid_sqnorms = (centroids * centroids).sum(-1)
     centroid_sqnorms = centroid_sqnorms.contiguous()
-    # 16-bit modes stream centroids already rounded (half the bytes); fp32 is kept for the
-    # epilogue's exact distance.
-    c_op = centroids.to(torch.bfloat16 if precision == "bf16" else torch.float16) \
-        if precision in ("bf16", "fp16") else centroids
+    # 16-bit modes read points and centroids already rounded: half the bytes, and the tiles go
+    # straight from memory to the tensor cores (no conversion in registers, which would spill).
+    # The rounded copy of x costs one pass over x; the fp32 originals serve the epilogue's
+    # exact distance.
+    if precision in ("bf16", "fp16"):
+        op_dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        x_op, c_op = x.to(op_dtype), centroids.to(op_dtype)
+    else:
+        x_op, c_op = x, centroids
     dist = torch.empty(batch, n, dtype=torch.float32, device=x.device)
     labels = torch.empty(batch, n, dtype=torch.int64, device=x.device)
     if n == 0:
         return dist, labels
-    args = (x, centroids, c_op, centroid_sqnorms, dist, labels, n, k, d, x.stride(0),
+    args = (x, x_op, centroids, c_op, centroid_sqnorms, dist, labels, n, k, d, x.stride(0),
             x.stride(1), centroids.stride(0), centroids.stride(1), code, interpreting(x))
     with device_guard(x):
         launch(_assign_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), batch), args,
-               _configs(x, precision, d), key=(precision, min(next_pow2(d), 512), x.dtype))
+               assign_configs(d, precision, interpreting(x)),
+               key=(precision, min(next_pow2(d), 512), x.dtype))
     return dist, labels

@@ -90,16 +90,22 @@ def accumulate_gram(x: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor) ->
     n, d = x.shape
     if n == 0:
         return
-    interp = interpreting(x)
-    block_m = min(32 if interp else 128, max(16, next_pow2(d)))
+    configs = gram_configs(d, interpreting(x))
+    block_m = configs[0]["BLOCK_M"]
     pairs = _upper_pairs(triton.cdiv(d, block_m), x.device)
     rows_per_chunk = min(ROWS_PER_CHUNK, max(64, next_pow2(n)))
     grid = (pairs.numel() // 2, triton.cdiv(n, rows_per_chunk))
     args = (x, shift, gram, pairs, n, d, x.stride(0), rows_per_chunk)
-    configs = [dict(BLOCK_M=block_m, BLOCK_R=32 if interp else 64, num_warps=8, num_stages=s)
-               for s in (3, 2, 1)]
     with device_guard(x):
         launch(_gram_kernel, lambda meta: grid, args, configs, key=(block_m, x.dtype))
+
+
+def gram_configs(d: int, interp: bool) -> list[dict]:
+    """Gram tiles, best first: two stages of 64 x 128 fp32 tiles fit Hopper's shared memory
+    (three do not); one stage as the fallback."""
+    block_m = min(32 if interp else 128, max(16, next_pow2(d)))
+    return [dict(BLOCK_M=block_m, BLOCK_R=32 if interp else 64, num_warps=8, num_stages=s)
+            for s in (2, 1)]
 
 
 def covariance_from_gram(gram: torch.Tensor, n: int, mean: torch.Tensor,
@@ -252,17 +258,23 @@ def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor, normalize
     if n == 0:
         return out
     interp = interpreting(x)
-    # Keep the fp32 accumulator (BLOCK_N x BLOCK_OUT) within the register file.
-    block_n = 32 if interp else max(16, min(128, 16384 // block_out))
-    block_k = 32 if interp else (32 if block_out >= 256 else 64)
-    grid = (triton.cdiv(n, block_n),)
+    configs = apply_configs(d_out, interp)
+    grid = (triton.cdiv(n, configs[0]["BLOCK_N"]),)
     args = (x, mean, proj, out, n, d_in, d_out, x.stride(0), bool(normalize), code, interp)
-    configs = [dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_OUT=block_out, num_warps=8,
-                    num_stages=s) for s in (3, 2, 1)]
     with device_guard(x):
         launch(_apply_kernel, lambda meta: grid, args, configs,
                key=(block_out, bool(normalize), code, x.dtype))
     return out
+
+
+def apply_configs(d_out: int, interp: bool) -> list[dict]:
+    """Apply tiles, best first (only the pipeline depth varies, so the grid does not): the fp32
+    accumulator BLOCK_N x BLOCK_OUT is kept within the register file."""
+    block_out = max(16, next_pow2(d_out))
+    block_n = 32 if interp else max(16, min(128, 16384 // block_out))
+    block_k = 32 if interp else (32 if block_out >= 256 else 64)
+    return [dict(BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_OUT=block_out, num_warps=8,
+                 num_stages=s) for s in (3, 2, 1)]
 
 
 def apply_fits(d_out: int) -> bool:

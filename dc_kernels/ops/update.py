@@ -99,25 +99,33 @@ def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int,
     if n == 0:
         return
     if k <= ONEHOT_MAX_K:
-        block_k = max(16, next_pow2(k))
-        block_d = min(64, max(16, next_pow2(d)))
-        block_n = 64
+        cfg = onehot_config(k, d)
         # Enough rows per program to amortise the atomics, few enough to fill the GPU.
+        block_n = cfg["BLOCK_N"]
         rows_per_program = max(block_n,
                                min(4096, triton.cdiv(n * batch, 1024) // block_n * block_n))
-        grid = (triton.cdiv(n, rows_per_program), triton.cdiv(d, block_d), batch)
+        grid = (triton.cdiv(n, rows_per_program), triton.cdiv(d, cfg["BLOCK_D"]), batch)
         with device_guard(x):
             _sums_onehot_kernel[grid](x, labels, sums, counts32, n, k, d, x.stride(0),
-                                      x.stride(1), rows_per_program, BLOCK_N=block_n,
-                                      BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4)
+                                      x.stride(1), rows_per_program, **cfg)
     else:
-        block_d = min(128, next_pow2(d))
-        block_n = max(1, 4096 // block_d)
-        grid = (triton.cdiv(n, block_n), triton.cdiv(d, block_d), batch)
+        cfg = atomic_config(d)
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(d, cfg["BLOCK_D"]), batch)
         with device_guard(x):
             _sums_atomic_kernel[grid](x, labels, sums, counts32, n, k, d, x.stride(0),
-                                      x.stride(1), BLOCK_N=block_n, BLOCK_D=block_d,
-                                      num_warps=4)
+                                      x.stride(1), **cfg)
+
+
+def onehot_config(k: int, d: int) -> dict:
+    """Tiles of the one-hot kernel (8 warps: with 4 the K x BLOCK_D partial spills)."""
+    return dict(BLOCK_N=64, BLOCK_K=max(16, next_pow2(k)), BLOCK_D=min(64, max(16, next_pow2(d))),
+                num_warps=8)
+
+
+def atomic_config(d: int) -> dict:
+    """Tiles of the atomic kernel: 4096 values per program."""
+    block_d = min(128, next_pow2(d))
+    return dict(BLOCK_N=max(1, 4096 // block_d), BLOCK_D=block_d, num_warps=4)
 
 
 def finalize_centroids(sums: torch.Tensor, counts32: torch.Tensor,
