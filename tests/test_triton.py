@@ -4,7 +4,8 @@ On a CPU-only machine the kernels run in the Triton interpreter (conftest sets
 TRITON_INTERPRET=1), so shapes are small; the tests marked ``gpu`` need a CUDA device and run in
 bench/gpu_check.sh. The interpreter multiplies dot operands in fp32 whatever the precision: the
 kernels then round the operands themselves (``EMULATE``) exactly as the tensor cores do, so the
-reduced-precision tests below check what the hardware computes.
+reduced-precision tests below check what the hardware computes. ``test_kernels_build_for_hopper``
+compiles every kernel for sm_90 (no GPU needed) and checks shared memory and register spills.
 """
 
 import os
