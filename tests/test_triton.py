@@ -338,6 +338,31 @@ def test_unavailable_reason():
                                                                device=DEV), "fp32")
 
 
+def test_launch_falls_back_to_a_config_that_fits():
+    from triton.runtime.errors import OutOfResources
+
+    from dc_kernels.ops._common import launch
+
+    tried = []
+
+    class Kernel:  # stands in for a JIT function whose first config overflows shared memory
+        def __getitem__(self, grid):
+            def run(*args, **config):
+                tried.append((grid(config), config["BLOCK"]))
+                if config["BLOCK"] > 32:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+            return run
+
+    kernel = Kernel()
+    configs = [dict(BLOCK=128), dict(BLOCK=64), dict(BLOCK=32)]
+    launch(kernel, lambda meta: (1024 // meta["BLOCK"],), (), configs, key=("k",))
+    assert tried == [((8,), 128), ((16,), 64), ((32,), 32)]
+    launch(kernel, lambda meta: (1024 // meta["BLOCK"],), (), configs, key=("k",))
+    assert tried[-1] == ((32,), 32) and len(tried) == 4  # the fitting config is remembered
+    with pytest.raises(OutOfResources):
+        launch(kernel, lambda meta: (1,), (), configs[:2], key=("other",))
+
+
 # ---------------------------------------------------------------------------------- Hopper build
 # Each kernel's first (preferred) config compiled for sm_90 with Triton's bundled ptxas, as a
 # launch on aligned tensors with d and K multiples of 16 would compile it: it must build, fit
