@@ -527,7 +527,8 @@ def test_gpu_host_streaming_equals_in_memory(monkeypatch, pinned):
     np.testing.assert_allclose(streamed.inertia, in_memory.inertia, rtol=1e-6)
     pca_gpu = dc_kernels.PCAWhitening(64, 16, backend="triton").train(x)
     pca_host = dc_kernels.PCAWhitening(64, 16, backend="triton").train(host)
-    torch.testing.assert_close(pca_host.eigenvalues, pca_gpu.eigenvalues.cpu(), rtol=1e-6,
+    # fp32 Gram partials grouped by other chunks: agreement to fp32 rounding.
+    torch.testing.assert_close(pca_host.eigenvalues, pca_gpu.eigenvalues.cpu(), rtol=1e-5,
                                atol=0)
     torch.testing.assert_close(pca_host.apply(host), pca_gpu.apply(x).cpu(), rtol=1e-4,
                                atol=1e-5)
