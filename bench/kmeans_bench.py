@@ -12,8 +12,10 @@ faiss-cpu on the CPU; flash-kmeans and fastkmeans on a GPU. One row per shape an
   rel_inert   (inertia - float64 Lloyd's) / float64 Lloyd's, where that reference is affordable
   empty       clusters with no point under the final centroids
 
-Data: K Gaussian centres + unit noise (ANCHORS.md); init: K distinct random points, the same for
-every provider. ``nan`` marks a provider that is not installed or failed (the reason is printed).
+Data: K Gaussian centres + noise, both N(0, 1) (ANCHORS.md); init: K distinct random points,
+the same for every provider. ``nan`` marks a provider that is not installed or failed (the
+reason follows the row). Peers that converge early are timed over the iterations they ran.
+Timings on a shared machine are noisy: compare rows of one run, and use ``--repeat``.
 
   python bench/kmeans_bench.py            # acceptance shape 100,000 x 256, K=1,000 + more
   python bench/kmeans_bench.py --quick    # < 2 min on 2 cores, includes the acceptance shape
@@ -100,7 +102,9 @@ def make_data(shape: Shape, device: torch.device) -> tuple[torch.Tensor, torch.T
     gen = torch.Generator().manual_seed(SEED)
     xs, inits = [], []
     for _ in range(shape.batch):
-        centres = torch.randn(shape.k, shape.d, generator=gen) * 2.0
+        # Unit centres and unit noise: clusters overlap enough that Lloyd keeps moving for the
+        # whole run (with well-separated blobs peers stop early and time fewer iterations).
+        centres = torch.randn(shape.k, shape.d, generator=gen)
         owner = torch.randint(0, shape.k, (shape.n,), generator=gen)
         x = centres[owner] + torch.randn(shape.n, shape.d, generator=gen)
         xs.append(x)

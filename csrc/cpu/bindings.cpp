@@ -55,13 +55,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "split",
       [](uintptr_t centroids, uintptr_t counts, int64_t batch, int64_t k, int64_t d,
-         uint64_t seed, uint64_t iteration, uintptr_t nsplit, int nthreads) {
+         uint64_t seed, uint64_t iteration, uintptr_t nsplit) {
         py::gil_scoped_release release;
         dc::split(ptr<float>(centroids), ptr<int64_t>(counts), batch, k, d, seed, iteration,
-                  ptr<int64_t>(nsplit), threads(nthreads));
+                  ptr<int64_t>(nsplit));
       },
       py::arg("centroids"), py::arg("counts"), py::arg("batch"), py::arg("k"), py::arg("d"),
-      py::arg("seed"), py::arg("iteration"), py::arg("nsplit"), py::arg("nthreads"),
+      py::arg("seed"), py::arg("iteration"), py::arg("nsplit"),
       "Split empty clusters in place; nsplit (B,) i64.");
 
   m.def("split_draw", &dc::split_draw, py::arg("seed"), py::arg("iteration"),

@@ -63,6 +63,15 @@ void pack_b(const float* src, int64_t ncols, int64_t d, int64_t stride_col, int6
 void pack_a(const float* src, int64_t nrows, int64_t d, int64_t ld, const float* shift, int mr,
             float* dst);
 
+// Threads worth using for a job of ``work`` elementary operations. Below ``serial_below`` the
+// job runs on the calling thread: a fork/join costs microseconds on an idle machine but up to a
+// scheduler tick (4 ms) on a loaded one, more than a small job takes on one core.
+inline int threads_for(double work, double serial_below, int nthreads) {
+  return work < serial_below ? 1 : nthreads;
+}
+// Multiply-adds below which the tile engine stays serial (about 1 ms on one AVX-512 core).
+constexpr double kSerialTileWork = 67108864.0;  // 2^26
+
 // Cache blocking for a problem with inner dimension d and npanels B micro-panels.
 struct Blocking {
   int64_t rows_per_block;    // rows of A packed and processed together (a multiple of mr)

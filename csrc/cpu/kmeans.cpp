@@ -18,6 +18,7 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   const Microkernel& mk = microkernel(active_isa());
   const int64_t npanels = (k + mk.nr - 1) / mk.nr;
   const int64_t kpad = npanels * mk.nr;
+  nthreads = threads_for(static_cast<double>(batch) * n * kpad * d, kSerialTileWork, nthreads);
   const int64_t panel_floats = d * mk.nr;
 
   // Centroids are packed once per call (all problems), with their squared norms; padding
@@ -41,22 +42,21 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   FloatBuffer best = alloc_floats(static_cast<size_t>(nthreads * state));
   std::vector<int32_t> index(static_cast<size_t>(nthreads * state));
 
-  // One parallel region for packing and sweeping: on a shared machine every extra fork/join
-  // can cost a scheduler tick.
+  // Packing is O(K d), negligible beside the O(N K d) sweep: doing it before the parallel
+  // region spares a barrier, which on a loaded machine can cost a scheduler tick.
+  for (int64_t task = 0; task < batch * npanels; ++task) {
+    const int64_t b = task / npanels, p = task % npanels;
+    const float* cb = centroids + b * k * d;
+    const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
+    pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
+    for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
+      cnorm[b * kpad + j] = j < k ? squared_distance(cb + j * d, nullptr, d)
+                                  : std::numeric_limits<float>::infinity();
+    }
+  }
+
 #pragma omp parallel num_threads(nthreads)
   {
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < batch * npanels; ++task) {
-      const int64_t b = task / npanels, p = task % npanels;
-      const float* cb = centroids + b * k * d;
-      const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
-      pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
-      for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
-        cnorm[b * kpad + j] = j < k ? squared_distance(cb + j * d, nullptr, d)
-                                    : std::numeric_limits<float>::infinity();
-      }
-    }  // implicit barrier: every panel is packed before any row block reads it
-
     const int tid = omp_get_thread_num();
     float* a = apack.get() + tid * rows * d;
     float* bv = best.get() + tid * state;
@@ -79,33 +79,44 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
                   static_cast<int32_t>(p * mk.nr), bv + t * tile_state, bi + t * tile_state);
       });
       for (int64_t r = 0; r < nrows; ++r) {
-        // Merge the lanes' candidates (columns interleaved across lanes): smallest value
-        // first, equal values by lowest column, which is the reference's tie rule.
+        // Merge the lanes (columns interleaved across lanes): the smallest value wins, equal
+        // values go to the lowest column, which is the reference's tie rule. Branch-light
+        // passes: at small K this merge costs as much as the dot products of the row.
         const int64_t base = (r / mk.mr) * tile_state + (r % mk.mr) * mk.lanes;
-        float v1 = std::numeric_limits<float>::infinity(), v2 = v1;
-        int32_t j1 = -1, j2 = -1;
-        for (int kept = 0; kept < 2; ++kept) {
-          const float* v = bv + base + kept * mk.mr * mk.lanes;
-          const int32_t* ix = bi + base + kept * mk.mr * mk.lanes;
-          for (int l = 0; l < mk.lanes; ++l) {
-            if (ix[l] < 0) continue;
-            if (j1 < 0 || v[l] < v1 || (v[l] == v1 && ix[l] < j1)) {
-              v2 = v1, j2 = j1, v1 = v[l], j1 = ix[l];
-            } else if (j2 < 0 || v[l] < v2 || (v[l] == v2 && ix[l] < j2)) {
-              v2 = v[l], j2 = ix[l];
-            }
-          }
+        const float* v1 = bv + base;
+        const float* v2 = v1 + mk.mr * mk.lanes;
+        const int32_t* i1 = bi + base;
+        const int32_t* i2 = i1 + mk.mr * mk.lanes;
+        float best_value = v1[0];
+        for (int l = 1; l < mk.lanes; ++l) best_value = v1[l] < best_value ? v1[l] : best_value;
+        int32_t j1 = std::numeric_limits<int32_t>::max();
+        int lane1 = 0;
+        for (int l = 0; l < mk.lanes; ++l) {
+          if (v1[l] == best_value && i1[l] >= 0 && i1[l] < j1) j1 = i1[l], lane1 = l;
         }
-        if (j1 < 0) j1 = 0;  // only if every value overflowed to +inf
+        if (j1 == std::numeric_limits<int32_t>::max()) j1 = 0;  // every value overflowed
         const float* xr = xb + r * d;
         int64_t label = j1;
         float best_dist = squared_distance(xr, cb + label * d, d);
-        const float scale = 2.0f * nb[j1] + std::fabs(v1);
-        if (j2 >= 0 && v2 - v1 <= near_tie * scale) {
-          const float other = squared_distance(xr, cb + static_cast<int64_t>(j2) * d, d);
-          if (other < best_dist || (other == best_dist && j2 < j1)) {
-            label = j2;
-            best_dist = other;
+        // Runner-up value; only when it is within rounding of the best are its column found
+        // and the exact distances compared.
+        float runner_up = std::numeric_limits<float>::infinity();
+        for (int l = 0; l < mk.lanes; ++l) {
+          const float other = l == lane1 ? v2[l] : std::min(v1[l], v2[l]);
+          runner_up = other < runner_up ? other : runner_up;
+        }
+        if (runner_up - best_value <= near_tie * (2.0f * nb[j1] + std::fabs(best_value))) {
+          int32_t j2 = std::numeric_limits<int32_t>::max();
+          for (int l = 0; l < mk.lanes; ++l) {
+            if (l != lane1 && v1[l] == runner_up && i1[l] >= 0) j2 = std::min(j2, i1[l]);
+            if (v2[l] == runner_up && i2[l] >= 0) j2 = std::min(j2, i2[l]);
+          }
+          if (j2 != std::numeric_limits<int32_t>::max()) {
+            const float other = squared_distance(xr, cb + static_cast<int64_t>(j2) * d, d);
+            if (other < best_dist || (other == best_dist && j2 < j1)) {
+              label = j2;
+              best_dist = other;
+            }
           }
         }
         labels[b * n + row0 + r] = label;
@@ -136,6 +147,8 @@ static void finish_cluster(const float* sum, int64_t count, int64_t d, float* ce
 
 void update(const float* x, const int64_t* labels, float* centroids, int64_t* counts,
             int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads) {
+  // Memory-bound (one add per element of x): serial below ~4M elements, about 1 ms.
+  nthreads = threads_for(static_cast<double>(batch) * n * d, 4194304.0, nthreads);
   FloatBuffer partial = alloc_floats(static_cast<size_t>(nthreads * k * d));
   std::vector<int64_t> partial_counts(static_cast<size_t>(nthreads * k));
   if (batch >= nthreads) {
@@ -203,7 +216,7 @@ uint64_t split_draw(uint64_t seed, uint64_t iteration, uint64_t cluster) {
 constexpr float kSplitEps = 1.0f / 1024.0f;
 
 void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t d,
-           uint64_t seed, uint64_t iteration, int64_t* nsplit, int nthreads) {
+           uint64_t seed, uint64_t iteration, int64_t* nsplit) {
   // Multipliers of the copy (grow) and of the donor (shrink): +eps on even coordinates, -eps
   // on odd ones, both exactly representable, so the products round like the reference's.
   std::vector<float> grow(static_cast<size_t>(d)), shrink(static_cast<size_t>(d));
@@ -212,7 +225,7 @@ void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t 
     grow[t] = 1.0f + kSplitEps * sign;
     shrink[t] = 1.0f - kSplitEps * sign;
   }
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (batch > 1)
+  // Serial: O(K + splits * d) per problem, microseconds, never worth a fork/join.
   for (int64_t b = 0; b < batch; ++b) {
     int64_t* cnt = counts + b * k;
     float* c = centroids + b * k * d;

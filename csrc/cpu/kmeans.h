@@ -22,7 +22,7 @@ void update(const float* x, const int64_t* labels, float* centroids, int64_t* co
 // Split empty clusters in place (the shared semantics of TorchBackend.split); nsplit[b] is the
 // number of clusters split in problem b.
 void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t d,
-           uint64_t seed, uint64_t iteration, int64_t* nsplit, int nthreads);
+           uint64_t seed, uint64_t iteration, int64_t* nsplit);
 
 // The splitmix64 draw shared by every backend (reference.split_draw).
 uint64_t split_draw(uint64_t seed, uint64_t iteration, uint64_t cluster);

@@ -16,6 +16,8 @@ void pca_apply(const float* x, int64_t n, int64_t d_in, const float* mean, const
   const Microkernel& mk = microkernel(active_isa());
   const int64_t npanels = (d_out + mk.nr - 1) / mk.nr;
   const int64_t panel_floats = d_in * mk.nr;
+  nthreads = threads_for(static_cast<double>(n) * npanels * mk.nr * d_in, kSerialTileWork,
+                         nthreads);
   // Column j of B is column j of proj: stride 1 between columns, d_out along the depth.
   FloatBuffer packed = alloc_floats(static_cast<size_t>(npanels * panel_floats));
   const Blocking blk = choose_blocking(mk, d_in, npanels, n, nthreads);
@@ -23,14 +25,14 @@ void pca_apply(const float* x, int64_t n, int64_t d_in, const float* mean, const
   const int64_t blocks = (n + rows - 1) / rows;
   FloatBuffer apack = alloc_floats(static_cast<size_t>(nthreads * rows * d_in));
 
+  // Packing is O(d_in d_out), negligible beside the sweep; done serially it needs no barrier.
+  for (int64_t p = 0; p < npanels; ++p) {
+    const int64_t cols = std::min<int64_t>(mk.nr, d_out - p * mk.nr);
+    pack_b(proj + p * mk.nr, cols, d_in, 1, d_out, mk.nr, packed.get() + p * panel_floats);
+  }
+
 #pragma omp parallel num_threads(nthreads)
   {
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < npanels; ++p) {
-      const int64_t cols = std::min<int64_t>(mk.nr, d_out - p * mk.nr);
-      pack_b(proj + p * mk.nr, cols, d_in, 1, d_out, mk.nr, packed.get() + p * panel_floats);
-    }  // implicit barrier: the projection is packed before any row block reads it
-
     float* a = apack.get() + omp_get_thread_num() * rows * d_in;
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t block = 0; block < blocks; ++block) {

@@ -115,7 +115,7 @@ class CpuBackend(TorchBackend):
             raise ValueError(f"iteration must be non-negative, got {iteration}")
         nsplit = torch.empty(batch, dtype=torch.int64)
         self._ext().split(centroids.data_ptr(), counts.data_ptr(), batch, k, d, seed & _MASK64,
-                          iteration, nsplit.data_ptr(), torch.get_num_threads())
+                          iteration, nsplit.data_ptr())
         return nsplit
 
     # ------------------------------------------------------------------ PCA steps
