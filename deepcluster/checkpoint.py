@@ -1,0 +1,130 @@
+"""Checkpoints: written atomically, read without executing code, rebuilt into models.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so
+``torch.load(weights_only=True)`` reads it and a file from elsewhere cannot run code:
+
+    format       "deepcluster/1"
+    config       the run's Config as a dict
+    model_spec   build_model's arguments (arch, num_clusters, sobel, in_channels, image_size,
+                 width)
+    model        the network's state_dict (top layer included)
+    optimizer, top_optimizer, scaler   state_dicts (scaler: {} without AMP on CUDA)
+    epoch        number of finished epochs (the next epoch to run)
+    rng          torch / CUDA / NumPy / Python global RNG states
+    assignments  (N,) int64 pseudo-labels of the last clustering
+    num_images   the dataset size the run used
+
+For evaluation: ``model, config = model_from_checkpoint(path)`` and
+``deepcluster.data.eval_transform(model_spec["image_size"])`` rebuild the feature extractor
+(``model.embed``) and its input pipeline.
+"""
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RESUMABLE, Config
+from .models import DeepClusterNet, build_model
+
+FORMAT = "deepcluster/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` via a temporary file and an atomic rename, so that a kill at
+    any moment leaves either the previous checkpoint or the new one, never a broken file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no code from the file runs).
+
+    Returns the dict described in the module docstring; raises ``CheckpointError`` when the file
+    is missing, unreadable, holds anything but tensors and plain values, or is not ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for bad files
+        raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a deepcluster checkpoint (format {FORMAT!r})")
+    return state
+
+
+def check_compatible(saved: dict[str, Any], config: Config, path: str | Path) -> None:
+    """Raise ``CheckpointError`` listing every setting (outside ``RESUMABLE``) on which the
+    checkpoint's config differs from ``config``."""
+    current = config.to_dict()
+    diffs = [f"{name}: checkpoint {saved.get(name)!r}, now {value!r}"
+             for name, value in current.items()
+             if name not in RESUMABLE and saved.get(name) != value]
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} comes from another configuration; resume with "
+                              "the same settings (or use another --out):\n  " + "\n  ".join(diffs))
+
+
+def model_from_checkpoint(source: str | Path | dict[str, Any],
+                          device: str | torch.device = "cpu") -> tuple[DeepClusterNet, Config]:
+    """The trained network (eval mode, on ``device``) and the Config of the run that made it.
+
+    ``source`` is a checkpoint path or a dict from ``load_checkpoint``. The feature extractor is
+    ``model.embed``; its input pipeline is ``data.eval_transform(model_spec["image_size"])``.
+    """
+    state = source if isinstance(source, dict) else load_checkpoint(source)
+    spec = state["model_spec"]
+    model = build_model(spec["arch"], spec["num_clusters"], sobel=spec["sobel"],
+                        in_channels=spec["in_channels"], image_size=spec["image_size"],
+                        width=spec["width"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), Config(**state["config"])
+
+
+def rng_state() -> dict[str, Any]:
+    """The process-wide RNG states (torch, CUDA, NumPy legacy, Python) as tensors and numbers."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` saved (CUDA states only when CUDA is there)."""
+    torch.set_rng_state(state["torch"].cpu())
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

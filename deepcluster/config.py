@@ -1,0 +1,201 @@
+"""The run's configuration: a dataclass filled from defaults < a TOML/YAML file < the CLI.
+
+The defaults run the embedded example (scikit-learn digits, a few minutes on a laptop CPU);
+``--help`` shows each default and, where it differs, the paper's value.
+"""
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .models import ARCHS
+
+BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the setting and the problem."""
+
+
+@dataclass
+class Config:
+    data: str = "digits"
+    max_images: int = 0
+    image_size: int = 0
+    arch: str = "alexnet"
+    width: float = 1.0
+    sobel: bool = True
+    k: int = 100
+    pca_dim: int = 256
+    kmeans_iters: int = 20
+    kmeans_backend: str = "auto"
+    reassign: int = 1
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 0.05
+    wd: float = 1e-5
+    momentum: float = 0.9
+    min_crop_scale: float = 0.08
+    workers: int = -1
+    seed: int = 31
+    amp: bool = False
+    device: str = "auto"
+    out: str = ""
+    resume: bool = False
+
+    def validate(self) -> "Config":
+        """Raise ``ConfigError`` for a value no run can use; return self."""
+        checks = [
+            (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
+            (self.kmeans_backend in BACKENDS,
+             f"kmeans_backend must be one of {BACKENDS}, got {self.kmeans_backend!r}"),
+            (self.device in DEVICES or self.device.startswith("cuda:"),
+             f"device must be one of {DEVICES} or cuda:N, got {self.device!r}"),
+            (self.k >= 2, f"k must be at least 2, got {self.k}"),
+            (self.pca_dim >= 1, f"pca_dim must be positive, got {self.pca_dim}"),
+            (self.kmeans_iters >= 1, f"kmeans_iters must be positive, got {self.kmeans_iters}"),
+            (self.reassign >= 1, f"reassign must be positive, got {self.reassign}"),
+            (self.epochs >= 1, f"epochs must be positive, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.wd >= 0, f"wd must be non-negative, got {self.wd}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (0 < self.min_crop_scale <= 1,
+             f"min_crop_scale must be in (0, 1], got {self.min_crop_scale}"),
+            (self.width > 0, f"width must be positive, got {self.width}"),
+            (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
+            (self.image_size == 0 or self.image_size >= 8,
+             f"image_size must be 0 (auto) or at least 8, got {self.image_size}"),
+            (self.workers >= -1, f"workers must be -1 (auto) or >= 0, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Settings a resumed run may change; every other one must match the checkpoint's.
+RESUMABLE = frozenset({"epochs", "out", "resume", "workers", "device", "kmeans_backend"})
+
+# (help, paper's value or None when the paper has none or the default is it)
+_HELP: dict[str, tuple[str, str | None]] = {
+    "data": ("'digits' (scikit-learn, embedded), 'fashion-mnist' (Debian package "
+             "dataset-fashion-mnist), an .npz with x_train [y_train], or an image directory "
+             "(ImageFolder layout gives evaluation labels)", "ImageNet"),
+    "max_images": ("use a random subset of this many images (0: all)", None),
+    "image_size": ("network input side in pixels (0: 32 for images up to 32 px, 64 up to "
+                   "64, else 224)", "224"),
+    "arch": (f"network: {', '.join(ARCHS)} (alexnet and vgg16 with BatchNorm)", None),
+    "width": ("multiplies the conv/FC widths of alexnet and vgg16", None),
+    "sobel": ("fixed Sobel filtering in front of the network", None),
+    "k": ("number of k-means clusters (pseudo-classes)", "10000"),
+    "pca_dim": ("PCA-whitening output dimension before k-means", None),
+    "kmeans_iters": ("Lloyd iterations per clustering", None),
+    "kmeans_backend": (f"dc_kernels backend: {', '.join(BACKENDS)}", None),
+    "reassign": ("epochs between two clusterings", None),
+    "epochs": ("training epochs", "500"),
+    "batch_size": ("mini-batch size", None),
+    "lr": ("learning rate of both SGDs (constant)", None),
+    "wd": ("weight decay of both SGDs", None),
+    "momentum": ("momentum of the body's SGD (the top layer's has none)", None),
+    "min_crop_scale": ("smallest area fraction of the random resized crop", None),
+    "workers": ("data-loader worker processes (-1: 0 for in-memory arrays, else up to 4)",
+                "4"),
+    "seed": ("seed of every random choice (k-means seeds derive from it and the epoch)", None),
+    "amp": ("mixed precision for the network (bf16 on CPU, fp16 on CUDA)", None),
+    "device": ("auto, cpu, cuda or cuda:N", None),
+    "out": ("directory for config, metrics.jsonl, checkpoint.pt, plots (empty: none)", None),
+    "resume": ("continue the run in --out from its checkpoint.pt", None),
+}
+
+
+# How the defaults that stand for "automatic" or "nothing" read in --help.
+_SHOWN = {"max_images": "all", "image_size": "auto", "workers": "auto", "out": "none"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``deepcluster-train`` argument parser; every option defaults to 'not given' so that
+    a config file can sit between the dataclass defaults and the command line."""
+    parser = argparse.ArgumentParser(
+        prog="deepcluster-train",
+        description="Train a convnet with DeepCluster (Caron et al., ECCV 2018). Without "
+                    "arguments: the embedded example on scikit-learn's digits.",
+        argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML or YAML file of settings (keys as the long options, '-' or "
+                             "'_'); command-line options override it")
+    for f in fields(Config):
+        text, paper = _HELP[f.name]
+        shown = _SHOWN.get(f.name, f.default)
+        text += f" (default: {shown}" + (f"; paper: {paper})" if paper else ")")
+        if f.type is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=text)
+        else:
+            choices = {"arch": ARCHS, "kmeans_backend": BACKENDS}.get(f.name)
+            parser.add_argument(_flag(f.name), type=f.type, choices=choices, help=text,
+                                metavar=f.name.upper() if choices is None else None)
+    return parser
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        if path.suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
+    except (ValueError, yaml.YAMLError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    return data
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """A config-file value checked against the field's type (ints accepted for floats)."""
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Config from the command line (``argv``, default sys.argv[1:]) and an optional file."""
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file:
+        names = {f.name for f in fields(Config)}
+        for key, value in _read_file(Path(config_file)).items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+            values[name] = _coerce(name, value, f"config file {config_file}")
+    values.update(args)
+    return Config(**values).validate()
