@@ -1,0 +1,145 @@
+"""deepcluster-train end to end on tiny data: outputs, config precedence, bad inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from deepcluster import metrics
+from deepcluster.checkpoint import load_checkpoint, model_from_checkpoint
+from deepcluster.config import Config, ConfigError, parse_config
+from deepcluster.train import main
+
+# A network and a clustering small enough for a CPU test.
+TINY = ["--image-size", "16", "--width", "0.125", "--k", "3", "--pca-dim", "8",
+        "--kmeans-iters", "5", "--batch-size", "8", "--workers", "0"]
+KEYS = {"epoch", "loss", "time_features", "time_pca", "time_kmeans", "time_train",
+        "kmeans_obj", "empty_clusters", "nsplit", "size_min", "size_median", "size_max",
+        "nmi_prev", "nmi_labels", "acc_labels", "kmeans_seed", "kmeans_backend"}
+
+
+def _image_folder(root):
+    """Two classes of colour/grayscale PNG and JPEG files of mixed sizes, one corrupt file."""
+    rng = np.random.default_rng(0)
+    shapes = [(20, 24), (31, 17), (12, 12), (40, 33), (16, 28), (25, 25)]
+    for cls, tint in (("cats", (200, 60, 60)), ("dogs", (40, 90, 220))):
+        (root / cls).mkdir(parents=True)
+        for i, (h, w) in enumerate(shapes):
+            pixels = (rng.integers(0, 60, (h, w, 3)) + np.array(tint)).clip(0, 255)
+            img = Image.fromarray(pixels.astype(np.uint8))
+            if i % 3 == 1:
+                img = img.convert("L")
+            elif i % 3 == 2:
+                img = img.convert("RGBA")
+            img.save(root / cls / f"{i}.{'png' if i % 3 == 2 or i % 2 else 'jpg'}")
+    good = (root / "cats" / "0.jpg").read_bytes()
+    (root / "dogs" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def test_two_epochs_on_an_image_folder(tmp_path, capsys):
+    data = _image_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        assert main(["--data", str(data), "--epochs", "2", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable image" in printed
+    assert "epoch 0 step 2/2 loss" in printed and "epoch 1 step 2/2 loss" in printed
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(KEYS <= set(r) for r in records)
+    assert records[0]["nmi_prev"] is None and 0 <= records[1]["nmi_prev"] <= 1
+    assert all(r["size_min"] <= r["size_median"] <= r["size_max"] for r in records)
+    assert records[0]["kmeans_seed"] != records[1]["kmeans_seed"]
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["num_images"] == 12
+    assert checkpoint["config"]["data"] == str(data)
+    # The logged scores are those of the checkpoint's assignments against the folder labels.
+    labels = np.repeat([0, 1], 6)
+    assert records[1]["nmi_labels"] == pytest.approx(metrics.nmi(labels,
+                                                                 checkpoint["assignments"]))
+    assert np.bincount(checkpoint["assignments"], minlength=3).max() == records[1]["size_max"]
+    assert yaml.safe_load((out / "config.yaml").read_text()) == checkpoint["config"]
+    for name in ("nmi.png", "cluster_sizes.png", "conv1_filters.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, config = model_from_checkpoint(out / "checkpoint.pt")
+    assert config.epochs == 2 and not model.training
+    assert torch.equal(model.state_dict()["top_layer.weight"],
+                       checkpoint["model"]["top_layer.weight"])
+    # The top optimizer has no momentum; the body's has a buffer for every trained parameter.
+    assert all(not s for s in checkpoint["top_optimizer"]["state"].values())
+    body_state = checkpoint["optimizer"]["state"]
+    assert body_state and all("momentum_buffer" in s for s in body_state.values())
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('k = 7\nlr = 1\nmin-crop-scale = 0.3\nsobel = false\narch = "resnet18"\n')
+    config = parse_config(["--config", str(toml), "--k", "9", "--arch", "alexnet"])
+    assert (config.k, config.lr, config.min_crop_scale, config.sobel, config.arch) == \
+        (9, 1.0, 0.3, False, "alexnet")
+    assert config.epochs == Config().epochs
+    yml = tmp_path / "run.yaml"
+    yml.write_text("k: 7\nbatch_size: 32\nsobel: true\n")
+    config = parse_config(["--config", str(yml), "--no-sobel"])
+    assert (config.k, config.batch_size, config.sobel) == (7, 32, False)
+    for text, message in (("kk: 3\n", "unknown setting 'kk'"), ("k: three\n", "k must be int"),
+                          ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
+                          ("- 1\n", "table of settings"), ("k: [\n", "not valid yaml")):
+        yml.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            parse_config(["--config", str(yml)])
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="must end in"):
+        parse_config(["--config", str(tmp_path / "run.json")])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        parse_config(["--config", str(tmp_path / "missing.toml")])
+
+
+def _error(args, capsys):
+    assert main(args) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_get_clear_messages(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    assert "no images in" in _error(["--data", str(tmp_path / "empty")], capsys)
+    assert "no such directory" in _error(["--data", str(tmp_path / "nope")], capsys)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="a.png"):
+        assert "none of the 1 image files" in _error(["--data", str(tmp_path / "junk")], capsys)
+    assert "k=5000 is larger than the number of images (1797)" in \
+        _error(["--k", "5000"], capsys)
+    monkeypatch.setattr("deepcluster.data.FASHION_MNIST_DIR", tmp_path / "nope")
+    assert "apt-get install -y dataset-fashion-mnist" in _error(["--data", "fashion-mnist"],
+                                                                  capsys)
+    assert "too small for arch 'alexnet'" in _error(["--image-size", "8"], capsys)
+    for flag, value in (("--arch", "lenet"), ("--kmeans-backend", "faiss")):
+        with pytest.raises(SystemExit) as exc:
+            main([flag, value])
+        assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert "--resume needs --out" in _error(["--resume"], capsys)
+
+
+def test_existing_runs_are_never_overwritten(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 256, (20, 12, 12), dtype=np.uint8)
+    np.savez(tmp_path / "tiny.npz", x_train=images)
+    out = tmp_path / "run"
+    args = ["--data", str(tmp_path / "tiny.npz"), "--epochs", "1", "--out", str(out), *TINY]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "already holds a run" in _error(args, capsys)
+    message = _error([*args, "--resume", "--k", "4"], capsys)
+    assert "comes from another configuration" in message and "k: checkpoint 3, now 4" in message
+    (tmp_path / "empty_run").mkdir()
+    assert "no checkpoint.pt" in _error([*args[:-len(TINY) - 2], "--out",
+                                         str(tmp_path / "empty_run"), "--resume"], capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # A different dataset of the same config is refused too.
+    np.savez(tmp_path / "tiny.npz", x_train=images[:15])
+    assert "resume on the same data" in _error([*args, "--resume", "--epochs", "2"], capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

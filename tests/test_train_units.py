@@ -1,0 +1,234 @@
+"""Unit tests of the trainer's pieces: sampler, top layer, models, data readers, checkpoints."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from deepcluster import data
+from deepcluster.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
+from deepcluster.models import build_model
+from deepcluster.sampler import UniformLabelSampler
+from deepcluster.train import reset_top_layer
+
+
+def test_sampler_draws_each_nonempty_cluster_equally():
+    # Clusters of sizes 1, 3, 50, 146 and two empty ones (ids 4 and 7).
+    labels = np.repeat([0, 1, 2, 3], [1, 3, 50, 146])
+    labels = np.where(labels == 3, 5, labels)
+    labels = np.random.default_rng(0).permutation(labels)
+    n = len(labels)
+    sampler = UniformLabelSampler(torch.from_numpy(labels), n, seed=3)
+    pairs = list(sampler)
+    assert len(pairs) == len(sampler) == n
+    index = np.array([p[0] for p in pairs])
+    drawn = np.bincount(labels[index], minlength=8)
+    assert drawn[[4, 6, 7]].tolist() == [0, 0, 0]
+    assert sorted(drawn[[0, 1, 2, 5]].tolist()) == [50, 50, 50, 50]
+    # A cluster as large as its share is drawn without replacement, a smaller one with.
+    for cluster in (2, 5):
+        members = index[labels[index] == cluster]
+        assert len(np.unique(members)) == len(members)
+    assert set(index[labels[index] == 0]) == {int(np.flatnonzero(labels == 0)[0])}
+
+
+def test_sampler_remainder_and_seeds():
+    labels = np.arange(7) % 3  # clusters of 3, 2, 2 points
+    for seed in range(5):
+        sampler = UniformLabelSampler(labels, 11, seed=seed)
+        drawn = np.bincount(labels[sampler.indices], minlength=3)
+        assert drawn.sum() == 11 and drawn.max() - drawn.min() <= 1
+    a, b = UniformLabelSampler(labels, 11, seed=1), UniformLabelSampler(labels, 11, seed=1)
+    assert list(a) == list(b)
+    assert list(a) != list(UniformLabelSampler(labels, 11, seed=2))
+    assert len(set(a.seeds.tolist())) == 11  # one augmentation seed per draw
+
+
+def test_sampler_spreads_draws_over_a_cluster():
+    # One big cluster of 1000 points and one of 10, 2000 draws: the big one is drawn 1000 times
+    # without replacement, i.e. every member exactly once.
+    labels = np.repeat([0, 1], [1000, 10])
+    sampler = UniformLabelSampler(labels, 2000, seed=0)
+    big = sampler.indices[labels[sampler.indices] == 0]
+    assert np.array_equal(np.sort(big), np.arange(1000))
+    small = sampler.indices[labels[sampler.indices] == 1]
+    assert len(small) == 1000 and np.all(np.bincount(small - 1000, minlength=10) > 50)
+
+
+def test_top_layer_recreated_and_optimizers_kept_apart():
+    model = build_model("alexnet", 5, image_size=16, width=0.125, in_channels=1)
+    body = [p for n, p in model.named_parameters() if not n.startswith("top_layer.")
+            and p.requires_grad]
+    optimizer = torch.optim.SGD(body, lr=0.1, momentum=0.9)
+    x, y = torch.randn(6, 1, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in body]
+    old = model.top_layer
+    top = reset_top_layer(model, 7, seed=11, device=torch.device("cpu"))
+    assert model.top_layer is top and top is not old and top.weight.shape == (7, model.feature_dim)
+    assert torch.equal(top.bias, torch.zeros(7))
+    # N(0, 0.01): 7 x 512 draws, the sample std is within 5% of 0.01.
+    assert abs(top.weight.std().item() - 0.01) < 5e-4 and abs(top.weight.mean().item()) < 5e-4
+    assert not any(p is q for p in top.parameters() for q in body)
+    again = reset_top_layer(model, 7, seed=11, device=torch.device("cpu"))
+    assert torch.equal(again.weight, top.weight)
+    assert not torch.equal(reset_top_layer(model, 7, seed=12, device="cpu").weight, top.weight)
+    # Re-creating the top layer leaves the body's momentum untouched.
+    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], b)
+               for p, b in zip(body, buffers, strict=True))
+
+
+@pytest.mark.parametrize("arch,size,sobel,channels", [
+    ("alexnet", 16, True, 3), ("alexnet", 128, False, 1), ("vgg16", 32, True, 1),
+    ("resnet18", 8, False, 3), ("resnet50", 8, True, 1)])
+def test_models_build_and_embed(arch, size, sobel, channels):
+    width = {"alexnet": 0.125, "vgg16": 0.0625}.get(arch, 1.0)
+    model = build_model(arch, 4, sobel=sobel, in_channels=channels, image_size=size, width=width)
+    model.eval()
+    x = torch.randn(2, channels, size, size)
+    assert model(x).shape == (2, 4)
+    emb = model.embed(x)
+    assert emb.shape == (2, model.feature_dim)
+    assert model.conv1.in_channels == (2 if sobel else channels)
+    assert model.feature_dim == {"resnet18": 512, "resnet50": 2048}.get(arch, 4096 * width)
+    if arch == "alexnet":
+        # The embedding is the classifier's output before its final ReLU.
+        assert (emb < 0).any()
+        assert torch.equal(torch.relu(emb), model.classifier(model.body(x)))
+
+
+def test_small_stems_follow_the_image_size():
+    small = build_model("alexnet", 3, image_size=32, width=0.125)
+    big = build_model("alexnet", 3, image_size=224, width=0.125)
+    assert small.conv1.kernel_size == (5, 5) and small.conv1.stride == (2, 2)
+    assert big.conv1.kernel_size == (11, 11) and big.conv1.stride == (4, 4)
+    # The paper's AlexNet geometry: a 6 x 6 map of conv5 channels into fc6.
+    assert big.classifier[1].in_features == 32 * 6 * 6 and big.feature_dim == 512
+    small_resnet = build_model("resnet18", 3, image_size=32)
+    assert small_resnet.conv1.kernel_size == (3, 3)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in small_resnet.features.modules())
+    assert build_model("resnet18", 3, image_size=224).conv1.kernel_size == (7, 7)
+
+
+def test_sobel_front_computes_gradients():
+    model = build_model("alexnet", 3, sobel=True, in_channels=3, image_size=16, width=0.125)
+    ramp = torch.arange(16.0).repeat(16, 1)  # intensity grows along x by 1 per pixel
+    out = model.sobel(ramp.expand(1, 3, 16, 16))
+    # Interior: horizontal Sobel of a unit ramp is -(1+2+1)*2 = -8, vertical is 0.
+    assert torch.allclose(out[0, 0, 1:-1, 1:-1], torch.full((14, 14), -8.0))
+    assert torch.allclose(out[0, 1, 1:-1, 1:-1], torch.zeros(14, 14), atol=1e-5)
+    assert not any(p.requires_grad for p in model.sobel.parameters())
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model("lenet", 3)
+    with pytest.raises(ValueError, match="at least 32 px"):
+        build_model("vgg16", 3, image_size=16)
+    with pytest.raises(ValueError, match="too small"):
+        build_model("alexnet", 3, image_size=8)
+    with pytest.raises(ValueError, match="only supported"):
+        build_model("resnet18", 3, width=0.5)
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 8, array.ndim) + b"".join(
+        struct.pack(">I", s) for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def test_fashion_mnist_reader_and_missing_message(tmp_path, monkeypatch):
+    with pytest.raises(data.DataError, match="apt-get install -y dataset-fashion-mnist"):
+        data._fashion_mnist(tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    got = data._fashion_mnist(tmp_path)
+    assert got.images.shape == (5, 1, 28, 28) and torch.equal(got.images[:, 0],
+                                                              torch.from_numpy(images))
+    assert got.labels.tolist() == [3, 1, 4, 1, 5] and got.native_size == 28
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">HBBIII", 0, 8, 3, 5, 28, 28) + images.tobytes()[:100])
+    with pytest.raises(data.DataError, match="truncated"):
+        data._fashion_mnist(tmp_path)
+
+
+def test_npz_reader(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 10, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x_train=rgb, y_train=np.array([0, 1, 0, 1]))
+    got = data.load_images(str(tmp_path / "rgb.npz"))
+    assert got.images.shape == (4, 3, 10, 12) and got.channels == 3
+    assert torch.equal(got.images[2].permute(1, 2, 0), torch.from_numpy(rgb[2]))
+    np.savez(tmp_path / "gray.npz", x_train=rgb[..., 0])
+    assert data.load_images(str(tmp_path / "gray.npz")).labels is None
+    np.savez(tmp_path / "float.npz", x_train=rgb.astype(np.float32))
+    with pytest.raises(data.DataError, match="uint8"):
+        data.load_images(str(tmp_path / "float.npz"))
+    np.savez(tmp_path / "nox.npz", images=rgb)
+    with pytest.raises(data.DataError, match="no 'x_train'"):
+        data.load_images(str(tmp_path / "nox.npz"))
+    np.savez(tmp_path / "badlabels.npz", x_train=rgb, y_train=np.zeros(3, dtype=int))
+    with pytest.raises(data.DataError, match="labels must be 4 integers"):
+        data.load_images(str(tmp_path / "badlabels.npz"))
+
+
+def test_train_transform_is_a_function_of_its_seed():
+    x = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    t = data.TrainTransform(16, min_scale=0.2)
+    a, b = t(x, 123), t(x, 123)
+    assert a.shape == (3, 16, 16) and torch.equal(a, b)
+    outs = [t(x, s) for s in range(20)]
+    assert len({o.sum().item() for o in outs}) > 10
+    # With scale 1 and the aspect ratio of a square, the crop is the whole image: a resize,
+    # possibly mirrored.
+    square = torch.randint(0, 256, (1, 16, 16), dtype=torch.uint8)
+    whole = data.TrainTransform(16, min_scale=1.0)
+    ref = data.eval_transform(16)(square)
+    for seed in range(10):
+        got = whole(square, seed)
+        if got.shape == ref.shape and (torch.equal(got, ref) or torch.equal(got, ref.flip(-1))):
+            continue
+        # Aspect ratios != 1 at full area do not fit; torchvision falls back to the whole image.
+        pytest.fail(f"seed {seed}: the full-scale crop is not the whole image")
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_checkpoint_loading_runs_no_code(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"format": "deepcluster/1", "x": _Evil(marker)}, f)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a deepcluster checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_rng_state_roundtrip_through_weights_only(tmp_path):
+    import random
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    np.random.standard_normal()  # leaves a cached gaussian in NumPy's legacy state
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), np.random.standard_normal(), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.rand(3), np.random.standard_normal(), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2:] == expected[2:]
