@@ -148,9 +148,9 @@ static void finish_cluster(const float* sum, int64_t count, int64_t d, float* ce
 void update(const float* x, const int64_t* labels, float* centroids, int64_t* counts,
             int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads) {
   // Memory-bound (one add per element of x): serial below ~4M elements, about 1 ms.
-  nthreads = threads_for(static_cast<double>(batch) * n * d, 4194304.0, nthreads);
+  constexpr double kSerialUpdateWork = 4194304.0;  // 2^22
+  nthreads = threads_for(static_cast<double>(batch) * n * d, kSerialUpdateWork, nthreads);
   FloatBuffer partial = alloc_floats(static_cast<size_t>(nthreads * k * d));
-  std::vector<int64_t> partial_counts(static_cast<size_t>(nthreads * k));
   if (batch >= nthreads) {
     // Enough problems to go round: each thread owns whole problems, no barrier inside.
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
@@ -167,6 +167,7 @@ void update(const float* x, const int64_t* labels, float* centroids, int64_t* co
     }
     return;
   }
+  std::vector<int64_t> partial_counts(static_cast<size_t>(nthreads * k));
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t* lb = labels + b * n;
     int64_t* nb = counts + b * k;
