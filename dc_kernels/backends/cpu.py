@@ -2,11 +2,13 @@
 
 Each step validates its inputs (shapes, dtypes, device), makes them contiguous float32, allocates
 the outputs with torch and hands raw addresses to the extension, which releases the GIL and runs
-on ``torch.get_num_threads()`` threads. ``assign`` goes beyond the reference in one respect:
-when the two best values of ||c||^2 - 2 x.c are within fp32 rounding of each other, the exact
-distances of those two candidates decide, so labels agree with float64 even where cancellation
-would misorder them. Covariance and eigendecomposition stay on the reference
-(float64 LAPACK/BLAS through torch).
+on up to ``torch.get_num_threads()`` threads (jobs under about a millisecond, and the split, run
+on the calling thread: on a loaded machine a fork/join can cost more than that).
+
+``assign`` goes beyond the reference in one respect: when the two best values of
+||c||^2 - 2 x.c are within fp32 rounding of each other, the exact distances of those two
+candidates decide, so labels agree with float64 even where cancellation would misorder them.
+Covariance and eigendecomposition stay on the reference (float64 LAPACK/BLAS through torch).
 """
 
 import torch
@@ -36,7 +38,7 @@ def _float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class CpuBackend(TorchBackend):
-    """Fused tile kernels in C++ (AVX-512 / AVX2 / scalar, chosen when the module loads)."""
+    """Fused tile kernels in C++ (AVX-512 / AVX2 / scalar, the best the CPU supports)."""
 
     name = "cpu"
     precisions: tuple[str, ...] = ("fp32",)
