@@ -162,6 +162,32 @@ DC_AVX512 void store_512(const float* a, const float* b, int64_t d, float* out, 
   }
 }
 
+DC_AVX512 float squared_distance_512(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    __m512 u = _mm512_loadu_ps(a + k), w = _mm512_loadu_ps(a + k + 16);
+    if (b != nullptr) {
+      u = _mm512_sub_ps(u, _mm512_loadu_ps(b + k));
+      w = _mm512_sub_ps(w, _mm512_loadu_ps(b + k + 16));
+    }
+    acc0 = _mm512_fmadd_ps(u, u, acc0);
+    acc1 = _mm512_fmadd_ps(w, w, acc1);
+  }
+  for (; k < n; k += 16) {
+    const __mmask16 m = static_cast<__mmask16>(n - k >= 16 ? 0xFFFF : (1u << (n - k)) - 1u);
+    __m512 u = _mm512_maskz_loadu_ps(m, a + k);
+    if (b != nullptr) u = _mm512_sub_ps(u, _mm512_maskz_loadu_ps(m, b + k));
+    acc0 = _mm512_fmadd_ps(u, u, acc0);
+  }
+  // Horizontal sum through memory (GCC 12's _mm512_reduce_add_ps warns spuriously).
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_add_ps(acc0, acc1));
+  float total = 0.0f;
+  for (float v : lanes) total += v;
+  return total;
+}
+
 // ------------------------------------------------------------------ AVX2 + FMA: 6 rows x 16
 // 12 ymm accumulators + 2 B vectors + 1 broadcast fit the 16 ymm registers.
 #define DC_AVX2 __attribute__((target("avx2,fma")))
@@ -246,6 +272,29 @@ DC_AVX2 void store_256(const float* a, const float* b, int64_t d, float* out, in
   }
 }
 
+DC_AVX2 float squared_distance_256(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    __m256 u = _mm256_loadu_ps(a + k), w = _mm256_loadu_ps(a + k + 8);
+    if (b != nullptr) {
+      u = _mm256_sub_ps(u, _mm256_loadu_ps(b + k));
+      w = _mm256_sub_ps(w, _mm256_loadu_ps(b + k + 8));
+    }
+    acc0 = _mm256_fmadd_ps(u, u, acc0);
+    acc1 = _mm256_fmadd_ps(w, w, acc1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(acc0, acc1));
+  float total = 0.0f;
+  for (float v : lanes) total += v;
+  for (; k < n; ++k) {
+    const float u = b != nullptr ? a[k] - b[k] : a[k];
+    total += u * u;
+  }
+  return total;
+}
+
 // ------------------------------------------------------------------ portable: 4 rows x 8
 constexpr int kMrScalar = 4, kNrScalar = 8;
 
@@ -294,9 +343,29 @@ void store_scalar(const float* a, const float* b, int64_t d, float* out, int64_t
   }
 }
 
-const Microkernel kAvx512{kMr512, kNr512, 16, argmin_512, store_512};
-const Microkernel kAvx2{kMr256, kNr256, 8, argmin_256, store_256};
-const Microkernel kScalar{kMrScalar, kNrScalar, kNrScalar, argmin_scalar, store_scalar};
+// Sixteen independent partial sums let the compiler vectorise without reassociating one sum.
+float squared_distance_scalar(const float* a, const float* b, int64_t n) {
+  float part[16] = {};
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    for (int l = 0; l < 16; ++l) {
+      const float v = b != nullptr ? a[k + l] - b[k + l] : a[k + l];
+      part[l] += v * v;
+    }
+  }
+  for (int l = 0; k < n; ++k, ++l) {
+    const float v = b != nullptr ? a[k] - b[k] : a[k];
+    part[l] += v * v;
+  }
+  float total = 0.0f;
+  for (float v : part) total += v;
+  return total;
+}
+
+const Microkernel kAvx512{kMr512, kNr512, 16, argmin_512, store_512, squared_distance_512};
+const Microkernel kAvx2{kMr256, kNr256, 8, argmin_256, store_256, squared_distance_256};
+const Microkernel kScalar{kMrScalar, kNrScalar, kNrScalar, argmin_scalar, store_scalar,
+                          squared_distance_scalar};
 
 }  // namespace
 

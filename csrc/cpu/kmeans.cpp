@@ -50,7 +50,7 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
     const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
     pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
     for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
-      cnorm[b * kpad + j] = j < k ? squared_distance(cb + j * d, nullptr, d)
+      cnorm[b * kpad + j] = j < k ? mk.squared_distance(cb + j * d, nullptr, d)
                                   : std::numeric_limits<float>::infinity();
     }
   }
@@ -97,7 +97,7 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
         if (j1 == std::numeric_limits<int32_t>::max()) j1 = 0;  // every value overflowed
         const float* xr = xb + r * d;
         int64_t label = j1;
-        float best_dist = squared_distance(xr, cb + label * d, d);
+        float best_dist = mk.squared_distance(xr, cb + label * d, d);
         // Runner-up value; only when it is within rounding of the best are its column found
         // and the exact distances compared.
         float runner_up = std::numeric_limits<float>::infinity();
@@ -112,7 +112,7 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
             if (v2[l] == runner_up && i2[l] >= 0) j2 = std::min(j2, i2[l]);
           }
           if (j2 != std::numeric_limits<int32_t>::max()) {
-            const float other = squared_distance(xr, cb + static_cast<int64_t>(j2) * d, d);
+            const float other = mk.squared_distance(xr, cb + int64_t{j2} * d, d);
             if (other < best_dist || (other == best_dist && j2 < j1)) {
               label = j2;
               best_dist = other;

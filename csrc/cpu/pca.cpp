@@ -50,8 +50,9 @@ void pca_apply(const float* x, int64_t n, int64_t d_in, const float* mean, const
       if (!normalize) continue;
       for (int64_t r = 0; r < nrows; ++r) {
         float* y = yb + r * d_out;
-        const float norm = std::max(std::sqrt(squared_distance(y, nullptr, d_out)), 1e-12f);
-        for (int64_t j = 0; j < d_out; ++j) y[j] /= norm;
+        const float norm = std::sqrt(mk.squared_distance(y, nullptr, d_out));
+        const float denom = std::max(norm, 1e-12f);
+        for (int64_t j = 0; j < d_out; ++j) y[j] /= denom;
       }
     }
   }
