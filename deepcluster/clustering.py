@@ -38,12 +38,13 @@ def _sync(device: torch.device) -> None:
 
 
 def cluster_features(features: torch.Tensor, k: int, *, pca_dim: int, niter: int, seed: int,
-                     backend: str = "auto") -> Clustering:
-    """PCA-whiten ``features`` (N, d) to min(pca_dim, d) dims, L2-normalise, run k-means."""
+                     pca_power: float = -0.5, backend: str = "auto") -> Clustering:
+    """PCA-whiten ``features`` (N, d) to min(pca_dim, d) dims (eigenvalue power ``pca_power``,
+    -0.5 = whitening), L2-normalise each row, run k-means."""
     device = features.device
     start = time.perf_counter()
     pca = dc_kernels.PCAWhitening(features.shape[1], min(pca_dim, features.shape[1]),
-                                  eigen_power=-0.5, normalize=True, backend=backend)
+                                  eigen_power=pca_power, normalize=True, backend=backend)
     whitened = pca.train(features).apply(features)
     _sync(device)
     time_pca = time.perf_counter() - start

@@ -33,6 +33,7 @@ class Config:
     sobel: bool = True
     k: int = 100
     pca_dim: int = 256
+    pca_power: float = -0.5
     kmeans_iters: int = 20
     kmeans_backend: str = "auto"
     reassign: int = 1
@@ -99,6 +100,8 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "sobel": ("fixed Sobel filtering in front of the network", None),
     "k": ("number of k-means clusters (pseudo-classes)", "10000"),
     "pca_dim": ("PCA-whitening output dimension before k-means", None),
+    "pca_power": ("eigenvalue power of the PCA step: -0.5 whitens, 0 keeps the plain PCA "
+                  "projection (better for small data and networks)", None),
     "kmeans_iters": ("Lloyd iterations per clustering", None),
     "kmeans_backend": (f"dc_kernels backend: {', '.join(BACKENDS)}", None),
     "reassign": ("epochs between two clusterings", None),

@@ -108,7 +108,7 @@ def _read_idx(path: Path) -> np.ndarray:
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != math.prod(shape):
         raise DataError(f"{path} is truncated: {data.size} bytes for shape {shape}")
-    return data.reshape(shape)
+    return data.reshape(shape).copy()  # frombuffer is read-only; torch wants writable memory
 
 
 def _fashion_mnist(root: Path | None = None) -> ImageSet:

@@ -244,7 +244,8 @@ def train(config: Config) -> list[dict[str, Any]]:
                                         f"epoch {epoch} features")
             record["time_features"] = time.perf_counter() - start
             clustering = cluster_features(
-                features, config.k, pca_dim=config.pca_dim, niter=config.kmeans_iters,
+                features, config.k, pca_dim=config.pca_dim, pca_power=config.pca_power,
+                niter=config.kmeans_iters,
                 seed=derived_seed(config.seed, epoch, SEED_KMEANS),
                 backend=config.kmeans_backend)
             del features

@@ -77,10 +77,12 @@ def test_two_epochs_on_an_image_folder(tmp_path, capsys):
 
 def test_config_file_and_overrides(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('k = 7\nlr = 1\nmin-crop-scale = 0.3\nsobel = false\narch = "resnet18"\n')
+    toml.write_text('k = 7\nlr = 1\nmin-crop-scale = 0.3\nsobel = false\narch = "resnet18"\n'
+                    'pca_power = 0\n')
     config = parse_config(["--config", str(toml), "--k", "9", "--arch", "alexnet"])
     assert (config.k, config.lr, config.min_crop_scale, config.sobel, config.arch) == \
         (9, 1.0, 0.3, False, "alexnet")
+    assert config.pca_power == 0.0 and isinstance(config.pca_power, float)
     assert config.epochs == Config().epochs
     yml = tmp_path / "run.yaml"
     yml.write_text("k: 7\nbatch_size: 32\nsobel: true\n")

@@ -12,7 +12,7 @@ from deepcluster.checkpoint import load_checkpoint
 
 ARGS = ["--data", "digits", "--max-images", "96", "--image-size", "16", "--width", "0.125",
         "--k", "4", "--pca-dim", "8", "--kmeans-iters", "5", "--batch-size", "16",
-        "--epochs", "3", "--workers", "0", "--seed", "5", "--device", "cpu"]
+        "--epochs", "2", "--workers", "0", "--seed", "5", "--device", "cpu"]
 TIMINGS = {"time_features", "time_pca", "time_kmeans", "time_train"}
 
 
@@ -45,7 +45,7 @@ def test_kill_during_epoch_then_resume_matches(tmp_path):
     subprocess.run(_command(killed, "--resume"), check=True, env=env, capture_output=True,
                    timeout=300)
     expected, got = _records(reference), _records(killed)
-    assert [r["epoch"] for r in got] == [0, 1, 2]
+    assert [r["epoch"] for r in got] == [0, 1]
     assert got == expected
     final_ref = load_checkpoint(reference / "checkpoint.pt")
     final = load_checkpoint(killed / "checkpoint.pt")

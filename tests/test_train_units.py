@@ -232,3 +232,29 @@ def test_rng_state_roundtrip_through_weights_only(tmp_path):
     got = (torch.rand(3), np.random.rand(3), np.random.standard_normal(), random.random())
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
     assert got[2:] == expected[2:]
+
+
+def test_clustering_step_matches_an_independent_pca():
+    import dc_kernels
+    from deepcluster.clustering import cluster_features, derived_seed
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 12)) * 4
+    truth = np.repeat([0, 1, 2], [40, 25, 35])
+    x = centers[truth] + rng.normal(size=(100, 12))
+    for power in (-0.5, 0.0):
+        got = cluster_features(torch.tensor(x, dtype=torch.float32), 3, pca_dim=4, niter=10,
+                               seed=7, pca_power=power, backend="torch")
+        # Reference: float64 NumPy PCA (eigh of the population covariance), eigenvalue power,
+        # row L2 normalisation, then the same k-means.
+        centred = x - x.mean(0)
+        values, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+        top = np.argsort(values)[::-1][:4]
+        y = centred @ vectors[:, top] * values[top] ** power
+        y /= np.linalg.norm(y, axis=1, keepdims=True)
+        ref = dc_kernels.kmeans(torch.tensor(y, dtype=torch.float32), 3, niter=10, seed=7,
+                                backend="torch")
+        assert torch.equal(got.labels, ref.labels)
+        assert got.objective == pytest.approx(float(ref.inertia), rel=1e-4)
+        assert got.sizes.tolist() == np.bincount(ref.labels.numpy(), minlength=3).tolist()
+        assert got.empty_clusters == 0 and got.seed == 7
+    assert derived_seed(1, 2, 0) == derived_seed(1, 2, 0) != derived_seed(1, 3, 0)
