@@ -4,8 +4,9 @@
         [--baseline random] [--out DIR]
 
 Tasks (all on frozen features, computed with torch and dc_kernels on the chosen device):
-- cluster: PCA-whitening + k-means of the train split's embeddings with k = the number of
-  classes and k = the run's k; NMI, adjusted Rand index, Hungarian accuracy, purity.
+- cluster: the run's clustering step (PCA to its --pca-dim with its eigenvalue power, L2,
+  k-means) on the train split's embeddings, with k = the number of classes and k = the run's
+  k; NMI, adjusted Rand index, Hungarian accuracy, purity.
 - linear: a linear classifier per conv layer (activations average-pooled to at most
   --pool-dim dims, as in the paper's Table 1), trained on the train split, top-1 on the test
   split.
@@ -244,7 +245,8 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
             ks.append(run_k)
         for k in ks:
             result = eval_tasks.cluster(train_f[EMBED], train_y, k, pca_dim=opts["pca_dim"],
-                                        seed=opts["seed"], backend=opts["kmeans_backend"])
+                                        eigen_power=opts["pca_power"], seed=opts["seed"],
+                                        backend=opts["kmeans_backend"])
             if "cluster" in tasks:
                 for field_name, metric in CLUSTER_METRICS.items():
                     report.add("cluster", f"k={k} {metric}", name, getattr(result, field_name))
@@ -381,7 +383,8 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
     report = EvalReport(models=[name for name, _ in models])
     opts = {"device": dev, "layer": layer, "pool_dim": pool_dim, "batch_size": batch_size,
             "workers": workers, "probe_epochs": probe_epochs, "seed": seed,
-            "kmeans_backend": kmeans_backend, "pca_dim": config.pca_dim}
+            "kmeans_backend": kmeans_backend, "pca_dim": config.pca_dim,
+            "pca_power": config.pca_power}
     pictures = "pictures" in tasks
     for name, model in models:
         train_f, clustering = _run_tasks(name, model, spec, splits, tasks, report, opts,
