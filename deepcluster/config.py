@@ -29,7 +29,7 @@ class Config:
     max_images: int = 0
     image_size: int = 0
     arch: str = "alexnet"
-    width: float = 1.0
+    width: float = 0.5
     sobel: bool = True
     k: int = 100
     pca_dim: int = 256
@@ -96,7 +96,7 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "image_size": ("network input side in pixels (0: 32 for images up to 32 px, 64 up to "
                    "64, else 224)", "224"),
     "arch": (f"network: {', '.join(ARCHS)} (alexnet and vgg16 with BatchNorm)", None),
-    "width": ("multiplies the conv/FC widths of alexnet and vgg16", None),
+    "width": ("multiplies the conv/FC widths of alexnet and vgg16", "1.0"),
     "sobel": ("fixed Sobel filtering in front of the network", None),
     "k": ("number of k-means clusters (pseudo-classes)", "10000"),
     "pca_dim": ("PCA-whitening output dimension before k-means", None),
