@@ -406,7 +406,7 @@ void pack_b(const float* src, int64_t ncols, int64_t d, int64_t stride_col, int6
 }
 
 void pack_a(const float* src, int64_t nrows, int64_t d, int64_t ld, const float* shift, int mr,
-            float* dst) {
+            float* dst, const int64_t* index) {
   const int64_t ntiles = (nrows + mr - 1) / mr;
   for (int64_t t = 0; t < ntiles; ++t) {
     float* panel = dst + t * d * mr;
@@ -416,7 +416,7 @@ void pack_a(const float* src, int64_t nrows, int64_t d, int64_t ld, const float*
         for (int64_t k = 0; k < d; ++k) panel[k * mr + r] = 0.0f;
         continue;
       }
-      const float* s = src + row * ld;
+      const float* s = src + (index != nullptr ? index[row] : row) * ld;
       if (shift != nullptr) {
         for (int64_t k = 0; k < d; ++k) panel[k * mr + r] = s[k] - shift[k];
       } else {

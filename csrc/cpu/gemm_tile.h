@@ -63,9 +63,10 @@ void pack_b(const float* src, int64_t ncols, int64_t d, int64_t stride_col, int6
             int nr, float* dst);
 
 // Pack rows [0, nrows) of a row-major source (leading dimension ld) into micro-panels of mr
-// rows, subtracting shift (length d) when it is not null; missing rows are zero.
+// rows, subtracting shift (length d) when it is not null; missing rows are zero. With an index,
+// packed row i is source row index[i] (the pruned assignment gathers its active rows here).
 void pack_a(const float* src, int64_t nrows, int64_t d, int64_t ld, const float* shift, int mr,
-            float* dst);
+            float* dst, const int64_t* index = nullptr);
 
 // Threads worth using for a job of ``work`` elementary operations. Below ``serial_below`` the
 // job runs on the calling thread: a fork/join costs microseconds on an idle machine but up to a

@@ -9,9 +9,85 @@
 #include <limits>
 #include <vector>
 
+#include "assign_core.h"
 #include "gemm_tile.h"
 
 namespace dc {
+
+void pack_centroids(const Microkernel& mk, const float* c, int64_t d, const int32_t* subset,
+                    int64_t count, float* panels, float* cnorm) {
+  const int64_t npanels = (count + mk.nr - 1) / mk.nr;
+  for (int64_t p = 0; p < npanels; ++p) {
+    float* panel = panels + p * d * mk.nr;
+    for (int64_t j = 0; j < mk.nr; ++j) {
+      const int64_t col = p * mk.nr + j;
+      if (col >= count) {
+        for (int64_t t = 0; t < d; ++t) panel[t * mk.nr + j] = 0.0f;
+        cnorm[col] = std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const float* src = c + (subset != nullptr ? int64_t{subset[col]} : col) * d;
+      for (int64_t t = 0; t < d; ++t) panel[t * mk.nr + j] = src[t];
+      cnorm[col] = mk.squared_distance(src, nullptr, d);
+    }
+  }
+}
+
+float near_tie_tolerance(int64_t d) {
+  // sqrt(d) ulps is the typical rounding error of a d-term sum; the factor leaves a wide margin.
+  return 1e-6f * std::sqrt(static_cast<float>(d));
+}
+
+SweepScratch::SweepScratch(const Microkernel& mk, int64_t rows_per_block, int64_t d,
+                           int nthreads)
+    : a_stride_(rows_per_block * d),
+      // Per row and lane: best and runner-up values and columns (see Microkernel::argmin).
+      state_((rows_per_block / mk.mr) * 2 * mk.mr * mk.lanes),
+      a_(alloc_floats(static_cast<size_t>(nthreads * a_stride_))),
+      best_(alloc_floats(static_cast<size_t>(nthreads * state_))),
+      index_(new int32_t[static_cast<size_t>(nthreads * state_)]) {}
+
+LaneMerge merge_lanes(const Microkernel& mk, const float* v1, const int32_t* i1) {
+  // Columns are interleaved across lanes: the smallest value wins, equal values go to the
+  // lowest column, which is the reference's tie rule. Branch-light passes: at small K this
+  // merge costs as much as the dot products of the row.
+  const float* v2 = v1 + mk.mr * mk.lanes;
+  LaneMerge m{v1[0], std::numeric_limits<int32_t>::max(), 0,
+              std::numeric_limits<float>::infinity()};
+  for (int l = 1; l < mk.lanes; ++l) m.best = v1[l] < m.best ? v1[l] : m.best;
+  for (int l = 0; l < mk.lanes; ++l) {
+    if (v1[l] == m.best && i1[l] >= 0 && i1[l] < m.col) m.col = i1[l], m.lane = l;
+  }
+  if (m.col == std::numeric_limits<int32_t>::max()) m.col = 0;  // every value overflowed
+  for (int l = 0; l < mk.lanes; ++l) {
+    const float other = l == m.lane ? v2[l] : std::min(v1[l], v2[l]);
+    m.runner_up = other < m.runner_up ? other : m.runner_up;
+  }
+  return m;
+}
+
+Nearest settle_row(const Microkernel& mk, const float* xr, const float* c, const float* cnorm,
+                   int64_t d, float near_tie, const float* v1, const int32_t* i1) {
+  const LaneMerge m = merge_lanes(mk, v1, i1);
+  Nearest out{m.col, mk.squared_distance(xr, c + int64_t{m.col} * d, d), m.runner_up};
+  // Only when the runner-up is within rounding of the best are its column found and the exact
+  // distances compared.
+  if (!(m.runner_up - m.best <= near_tie * (2.0f * cnorm[m.col] + std::fabs(m.best)))) return out;
+  const float* v2 = v1 + mk.mr * mk.lanes;
+  const int32_t* i2 = i1 + mk.mr * mk.lanes;
+  int32_t j2 = std::numeric_limits<int32_t>::max();
+  for (int l = 0; l < mk.lanes; ++l) {
+    if (l != m.lane && v1[l] == m.runner_up && i1[l] >= 0) j2 = std::min(j2, i1[l]);
+    if (v2[l] == m.runner_up && i2[l] >= 0) j2 = std::min(j2, i2[l]);
+  }
+  if (j2 == std::numeric_limits<int32_t>::max()) return out;
+  const float other = mk.squared_distance(xr, c + int64_t{j2} * d, d);
+  if (other < out.dist || (other == out.dist && j2 < m.col)) {
+    // The winner changed: the best value now belongs to another column.
+    out = Nearest{j2, other, m.best};
+  }
+  return out;
+}
 
 void assign(const float* x, const float* centroids, int64_t batch, int64_t n, int64_t k,
             int64_t d, float* dist, int64_t* labels, int nthreads) {
@@ -21,107 +97,40 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   nthreads = threads_for(static_cast<double>(batch) * n * kpad * d, kSerialTileWork, nthreads);
   const int64_t panel_floats = d * mk.nr;
 
-  // Centroids are packed once per call (all problems), with their squared norms; padding
-  // columns get +inf so that they never win the argmin.
+  // Centroids are packed once per call (all problems). Packing is O(K d), negligible beside
+  // the O(N K d) sweep: doing it before the parallel region spares a barrier, which on a
+  // loaded machine can cost a scheduler tick.
   FloatBuffer packed = alloc_floats(static_cast<size_t>(batch * npanels * panel_floats));
   FloatBuffer cnorm = alloc_floats(static_cast<size_t>(batch * kpad));
+  for (int64_t b = 0; b < batch; ++b) {
+    pack_centroids(mk, centroids + b * k * d, d, nullptr, k,
+                   packed.get() + b * npanels * panel_floats, cnorm.get() + b * kpad);
+  }
 
   const Blocking blk = choose_blocking(mk, d, npanels, n, nthreads);
   const int64_t rows = blk.rows_per_block;
   const int64_t blocks = (n + rows - 1) / rows;
-  // Per row and lane: best and runner-up values and columns (see Microkernel::argmin).
-  const int64_t tile_state = 2 * mk.mr * mk.lanes;
-  const int64_t state = (rows / mk.mr) * tile_state;
-  // Two candidates closer than this (relative to the magnitudes that entered the fp32 dot
-  // products) may be in the wrong order; their exact distances decide. sqrt(d) ulps is the
-  // typical rounding error of a d-term sum; the factor leaves a wide margin.
-  const float near_tie = 1e-6f * std::sqrt(static_cast<float>(d));
-  // Per-thread scratch, allocated before the parallel region so that a failed allocation
-  // throws here rather than inside OpenMP.
-  FloatBuffer apack = alloc_floats(static_cast<size_t>(nthreads * rows * d));
-  FloatBuffer best = alloc_floats(static_cast<size_t>(nthreads * state));
-  std::vector<int32_t> index(static_cast<size_t>(nthreads * state));
-
-  // Packing is O(K d), negligible beside the O(N K d) sweep: doing it before the parallel
-  // region spares a barrier, which on a loaded machine can cost a scheduler tick.
-  for (int64_t task = 0; task < batch * npanels; ++task) {
-    const int64_t b = task / npanels, p = task % npanels;
-    const float* cb = centroids + b * k * d;
-    const int64_t cols = std::min<int64_t>(mk.nr, k - p * mk.nr);
-    pack_b(cb + p * mk.nr * d, cols, d, d, 1, mk.nr, packed.get() + task * panel_floats);
-    for (int64_t j = p * mk.nr; j < (p + 1) * mk.nr; ++j) {
-      cnorm[b * kpad + j] = j < k ? mk.squared_distance(cb + j * d, nullptr, d)
-                                  : std::numeric_limits<float>::infinity();
-    }
-  }
+  const float near_tie = near_tie_tolerance(d);
+  const SweepScratch scratch(mk, rows, d, nthreads);
 
 #pragma omp parallel num_threads(nthreads)
   {
     const int tid = omp_get_thread_num();
-    float* a = apack.get() + tid * rows * d;
-    float* bv = best.get() + tid * state;
-    int32_t* bi = index.data() + tid * state;
 #pragma omp for schedule(dynamic, 1) nowait
     for (int64_t task = 0; task < batch * blocks; ++task) {
       const int64_t b = task / blocks;
       const int64_t row0 = (task % blocks) * rows;
-      const int64_t nrows = std::min(rows, n - row0);
       const float* xb = x + (b * n + row0) * d;
       const float* cb = centroids + b * k * d;
-      const float* pb = packed.get() + b * npanels * panel_floats;
       const float* nb = cnorm.get() + b * kpad;
-      const int64_t ntiles = (nrows + mk.mr - 1) / mk.mr;
-      pack_a(xb, nrows, d, d, nullptr, mk.mr, a);
-      std::fill(bv, bv + ntiles * tile_state, std::numeric_limits<float>::infinity());
-      std::fill(bi, bi + ntiles * tile_state, -1);  // -1: no column seen yet
-      sweep_tiles(ntiles, npanels, blk.panels_per_block, [&](int64_t t, int64_t p) {
-        mk.argmin(a + t * mk.mr * d, pb + p * panel_floats, d, nb + p * mk.nr,
-                  static_cast<int32_t>(p * mk.nr), bv + t * tile_state, bi + t * tile_state);
-      });
-      for (int64_t r = 0; r < nrows; ++r) {
-        // Merge the lanes (columns interleaved across lanes): the smallest value wins, equal
-        // values go to the lowest column, which is the reference's tie rule. Branch-light
-        // passes: at small K this merge costs as much as the dot products of the row.
-        const int64_t base = (r / mk.mr) * tile_state + (r % mk.mr) * mk.lanes;
-        const float* v1 = bv + base;
-        const float* v2 = v1 + mk.mr * mk.lanes;
-        const int32_t* i1 = bi + base;
-        const int32_t* i2 = i1 + mk.mr * mk.lanes;
-        float best_value = v1[0];
-        for (int l = 1; l < mk.lanes; ++l) best_value = v1[l] < best_value ? v1[l] : best_value;
-        int32_t j1 = std::numeric_limits<int32_t>::max();
-        int lane1 = 0;
-        for (int l = 0; l < mk.lanes; ++l) {
-          if (v1[l] == best_value && i1[l] >= 0 && i1[l] < j1) j1 = i1[l], lane1 = l;
-        }
-        if (j1 == std::numeric_limits<int32_t>::max()) j1 = 0;  // every value overflowed
-        const float* xr = xb + r * d;
-        int64_t label = j1;
-        float best_dist = mk.squared_distance(xr, cb + label * d, d);
-        // Runner-up value; only when it is within rounding of the best are its column found
-        // and the exact distances compared.
-        float runner_up = std::numeric_limits<float>::infinity();
-        for (int l = 0; l < mk.lanes; ++l) {
-          const float other = l == lane1 ? v2[l] : std::min(v1[l], v2[l]);
-          runner_up = other < runner_up ? other : runner_up;
-        }
-        if (runner_up - best_value <= near_tie * (2.0f * nb[j1] + std::fabs(best_value))) {
-          int32_t j2 = std::numeric_limits<int32_t>::max();
-          for (int l = 0; l < mk.lanes; ++l) {
-            if (l != lane1 && v1[l] == runner_up && i1[l] >= 0) j2 = std::min(j2, i1[l]);
-            if (v2[l] == runner_up && i2[l] >= 0) j2 = std::min(j2, i2[l]);
-          }
-          if (j2 != std::numeric_limits<int32_t>::max()) {
-            const float other = mk.squared_distance(xr, cb + int64_t{j2} * d, d);
-            if (other < best_dist || (other == best_dist && j2 < j1)) {
-              label = j2;
-              best_dist = other;
-            }
-          }
-        }
-        labels[b * n + row0 + r] = label;
-        dist[b * n + row0 + r] = best_dist;
-      }
+      sweep_block(mk, xb, nullptr, std::min(rows, n - row0), d,
+                  packed.get() + b * npanels * panel_floats, nb, npanels,
+                  blk.panels_per_block, scratch.a_of(tid), scratch.best_of(tid),
+                  scratch.index_of(tid), [&](int64_t r, const float* v1, const int32_t* i1) {
+                    const Nearest near = settle_row(mk, xb + r * d, cb, nb, d, near_tie, v1, i1);
+                    labels[b * n + row0 + r] = near.label;
+                    dist[b * n + row0 + r] = near.dist;
+                  });
     }
   }
 }
