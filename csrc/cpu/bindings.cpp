@@ -11,6 +11,7 @@
 #include "gemm_tile.h"
 #include "kmeans.h"
 #include "pca.h"
+#include "prune.h"
 
 namespace py = pybind11;
 
@@ -63,6 +64,24 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("centroids"), py::arg("counts"), py::arg("batch"), py::arg("k"), py::arg("d"),
       py::arg("seed"), py::arg("iteration"), py::arg("nsplit"),
       "Split empty clusters in place; nsplit (B,) i64.");
+
+  m.def(
+      "assign_pruned",
+      [](uintptr_t x, uintptr_t centroids, uintptr_t previous, bool first, int64_t batch,
+         int64_t n, int64_t k, int64_t d, uintptr_t dist, uintptr_t labels, uintptr_t lower,
+         uintptr_t xnorm, uintptr_t skipped, int nthreads) {
+        py::gil_scoped_release release;
+        dc::assign_pruned(ptr<const float>(x), ptr<const float>(centroids),
+                          ptr<const float>(previous), first, batch, n, k, d, ptr<float>(dist),
+                          ptr<int64_t>(labels), ptr<double>(lower), ptr<double>(xnorm),
+                          ptr<int64_t>(skipped), threads(nthreads));
+      },
+      py::arg("x"), py::arg("centroids"), py::arg("previous"), py::arg("first"),
+      py::arg("batch"), py::arg("n"), py::arg("k"), py::arg("d"), py::arg("dist"),
+      py::arg("labels"), py::arg("lower"), py::arg("xnorm"), py::arg("skipped"),
+      py::arg("nthreads"),
+      "assign() with bounds kept between calls (lower, xnorm (B,N) f64; labels the state); "
+      "skipped (B,) i64: rows whose full assignment was skipped.");
 
   m.def("split_draw", &dc::split_draw, py::arg("seed"), py::arg("iteration"),
         py::arg("cluster"), "splitmix64 draw of the empty-cluster split (seed as uint64).");

@@ -9,7 +9,13 @@ on the calling thread: on a loaded machine a fork/join can cost more than that).
 ||c||^2 - 2 x.c are within fp32 rounding of each other, the exact distances of those two
 candidates decide, so labels agree with float64 even where cancellation would misorder them.
 Covariance and eigendecomposition stay on the reference (float64 LAPACK/BLAS through torch).
+
+``run_lloyd`` runs the whole Lloyd loop with a pruned assignment (csrc/cpu/prune.cpp): per point
+bounds, loosened by the centroids' moves, skip the rows whose nearest centroid cannot have
+changed; the results are those of the generic loop with ``assign``, bit for bit.
 """
+
+import time
 
 import torch
 
@@ -42,6 +48,17 @@ class CpuBackend(TorchBackend):
 
     name = "cpu"
     precisions: tuple[str, ...] = ("fp32",)
+    # The pruned loop runs where one problem's sweep (N K d multiply-adds) is at least this
+    # much, about 10 ms on one core: below, its extra row passes and bookkeeping outweigh what
+    # it can save.
+    prune_min_work = 1 << 29
+    # ... and from this many centroids: the row passes cost ~2/K of a sweep each iteration.
+    prune_min_k = 32
+
+    def __init__(self) -> None:
+        # Rows whose full assignment the last pruned run skipped, (niter, B) int64 (a debug
+        # statistic for tests and benchmarks; None until a pruned run happens).
+        self.last_skipped: torch.Tensor | None = None
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str:
@@ -80,6 +97,59 @@ class CpuBackend(TorchBackend):
         self._ext().assign(x.data_ptr(), centroids.data_ptr(), batch, n, k, d, dist.data_ptr(),
                            labels.data_ptr(), torch.get_num_threads())
         return dist, labels
+
+    def run_lloyd(self, x: torch.Tensor, centroids: torch.Tensor, niter: int, precision: str,
+                  seed: int, spherical: bool,
+                  verbose: bool) -> tuple[torch.Tensor, list[dict]] | None:
+        """The whole Lloyd loop with pruned assignments, or None to leave it to
+        ``dc_kernels.kmeans.lloyd`` (problems too small to gain, or non-CPU tensors).
+
+        Same steps and statistics as the generic loop: assign (pruned) -> objective -> update
+        -> split (-> normalise when spherical); the bounds only need the centroids before and
+        after, so spherical and batched runs are pruned too.
+        """
+        if x.device.type != "cpu" or centroids.device.type != "cpu" or niter == 0:
+            return None
+        batch, n, d = x.shape
+        k = centroids.shape[1]
+        if k < self.prune_min_k or n * k * d < self.prune_min_work:
+            return None
+        if precision not in self.precisions:
+            raise ValueError(f"backend 'cpu' supports precisions {self.precisions}, "
+                             f"not {precision!r}")
+        self._check_pair(x, centroids, (torch.float32,))
+        if not centroids.is_contiguous():
+            raise ValueError("centroids must be contiguous (they are updated in place)")
+        x = _float32(x)
+        dist = torch.empty(batch, n, dtype=torch.float32)
+        labels = torch.empty(batch, n, dtype=torch.int64)
+        lower = torch.empty(batch, n, dtype=torch.float64)
+        xnorm = torch.empty(batch, n, dtype=torch.float64)
+        previous = centroids.clone()
+        skipped = torch.zeros(niter, batch, dtype=torch.int64)
+        history = []
+        start = time.perf_counter()
+        for iteration in range(niter):
+            self._ext().assign_pruned(
+                x.data_ptr(), centroids.data_ptr(), previous.data_ptr(), iteration == 0, batch,
+                n, k, d, dist.data_ptr(), labels.data_ptr(), lower.data_ptr(), xnorm.data_ptr(),
+                skipped[iteration].data_ptr(), torch.get_num_threads())
+            obj = dist.sum(-1, dtype=torch.float64)
+            previous.copy_(centroids)
+            counts = self.update(x, labels, centroids)
+            # faiss's imbalance factor: K * sum(size^2) / N^2 (1.0 when perfectly balanced).
+            imbalance = k * counts.double().square().sum(-1) / float(n) ** 2
+            nsplit = self.split(centroids, counts, seed, iteration)
+            if spherical:
+                centroids.div_(centroids.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            history.append({"obj": obj.numpy(), "time": time.perf_counter() - start,
+                            "imbalance_factor": imbalance.numpy(), "nsplit": nsplit.numpy()})
+            if verbose:
+                print(f"  iteration {iteration}: objective={obj.tolist()} "
+                      f"nsplit={nsplit.tolist()} skipped={skipped[iteration].tolist()}",
+                      flush=True)
+        self.last_skipped = skipped
+        return centroids, history
 
     def update(self, x: torch.Tensor, labels: torch.Tensor,
                centroids: torch.Tensor) -> torch.Tensor:
