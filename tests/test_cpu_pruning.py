@@ -86,11 +86,12 @@ def test_pruned_equals_unpruned_on_exact_ties(isa, monkeypatch):
     assert_same(run(x, init, 10, True, monkeypatch), run(x, init, 10, False, monkeypatch))
 
 
-def test_pruned_equals_unpruned_far_from_origin(isa, monkeypatch):
-    # Cancellation in ||c||^2 - 2 x.c grows with the norms: an offset of 100 makes the fp32
-    # error bounds wide, the bounds must stay safe (and mostly give up).
+@pytest.mark.parametrize("scale,offset", [(1.0, 100.0), (1e-21, 0.0)])
+def test_pruned_equals_unpruned_at_awkward_scales(isa, monkeypatch, scale, offset):
+    # Far from the origin, cancellation in ||c||^2 - 2 x.c makes the fp32 error bounds wide;
+    # at 1e-21, products underflow into subnormals. The bounds must stay safe (and give up).
     x, init = blobs(1, 2000, 40, 16, 0.3, seed=9)
-    x, init = x + 100.0, init + 100.0
+    x, init = x * scale + offset, init * scale + offset
     assert_same(run(x, init, 8, True, monkeypatch), run(x, init, 8, False, monkeypatch))
 
 

@@ -16,7 +16,8 @@
 // L^2 (1 - r) > U (1 + r) + 2 E, where U bounds the own one from above and L the others from
 // below, then v_own < v_j for every j (so no tie and no other argmin) and the near-tie test,
 // if it runs, keeps the own label. Bounds are kept in double; the factor 2 in r also absorbs
-// their rounding (relative 1e-16 per step).
+// their rounding (relative 1e-16 per step). Relative bounds fail where fp32 products underflow
+// (below 2^-126); an absolute term of 2^-140 per summed term covers that.
 #include "prune.h"
 
 #include <omp.h>
@@ -42,11 +43,12 @@ constexpr double kRoundUp = 1.0 + 1e-12;
 // The per-problem constants of the exactness argument (see the top of this file).
 struct Slack {
   double r;     // relative error bound of fp32 values
+  double tiny;  // absolute error bound of underflowed fp32 terms, summed
   double cmax;  // max_j ||c_j||, rounded up
   // Bound on the error of an fp32 value ||c||^2 - 2 x.c for a row of squared norm xx.
   double e(double xx) const {
     const double m = std::sqrt(xx) + cmax;
-    return r * m * m;
+    return r * m * m + tiny;
   }
   // Lower bound on the distance to a centroid whose fp32 value was v.
   double lower_from(float v, double xx) const {
@@ -55,7 +57,7 @@ struct Slack {
   // Whether a row with fp32 distance dist to its centroid and lower bound l on the distance to
   // every other centroid provably keeps its label (false for NaN).
   bool keeps(double l, float dist, double xx) const {
-    const double upper = static_cast<double>(dist) * (1.0 + 2.0 * r);
+    const double upper = static_cast<double>(dist) * (1.0 + 2.0 * r) + tiny;
     return l > 0.0 && l * l * (1.0 - r) > upper * (1.0 + r) + 2.0 * e(xx);
   }
 };
@@ -123,7 +125,8 @@ void assign_pruned(const float* x, const float* centroids, const float* previous
     float* dst = dist + b * n;
     double* low = lower + b * n;
     double* xx = xnorm + b * n;
-    Slack slack{2.0 * static_cast<double>(d + 8) * 0x1p-24, 0.0};
+    Slack slack{2.0 * static_cast<double>(d + 8) * 0x1p-24,
+                static_cast<double>(d + 8) * 0x1p-140, 0.0};
     for (int64_t j = 0; j < k; ++j) {
       slack.cmax = std::max(slack.cmax, norm(cb + j * d, nullptr, d));
     }
