@@ -1,15 +1,20 @@
 """One clustering step: PCA-whitening + L2 (DESIGN.md step 2), then k-means (step 3).
 
 Both run through dc_kernels on the features' device; only the statistics come back to the host.
+Under torchrun each rank passes its shard of the features and the process group: PCA and k-means
+reduce across ranks, and the labels come back gathered for the whole dataset.
 """
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 import dc_kernels
+
+from .distributed import gather_labels
 
 
 def derived_seed(seed: int, *keys: int) -> int:
@@ -19,7 +24,8 @@ def derived_seed(seed: int, *keys: int) -> int:
 
 @dataclass
 class Clustering:
-    """Pseudo-labels (N,) int64 on the features' device, and how the clustering went."""
+    """Pseudo-labels (N,) int64 of the whole dataset on the features' device (every rank's,
+    in dataset order, under torchrun), and how the clustering went."""
 
     labels: torch.Tensor
     sizes: np.ndarray          # (k,) points per cluster
@@ -38,22 +44,30 @@ def _sync(device: torch.device) -> None:
 
 
 def cluster_features(features: torch.Tensor, k: int, *, pca_dim: int, niter: int, seed: int,
-                     pca_power: float = -0.5, backend: str = "auto") -> Clustering:
+                     pca_power: float = -0.5, backend: str = "auto",
+                     process_group: Any = None) -> Clustering:
     """PCA-whiten ``features`` (N, d) to min(pca_dim, d) dims (eigenvalue power ``pca_power``,
-    -0.5 = whitening), L2-normalise each row, run k-means."""
+    -0.5 = whitening), L2-normalise each row, run k-means.
+
+    With a torch.distributed ``process_group``, ``features`` is this rank's contiguous shard
+    (shards in rank order = the dataset) and the result is that of the whole dataset.
+    """
     device = features.device
     start = time.perf_counter()
     pca = dc_kernels.PCAWhitening(features.shape[1], min(pca_dim, features.shape[1]),
-                                  eigen_power=pca_power, normalize=True, backend=backend)
+                                  eigen_power=pca_power, normalize=True, backend=backend,
+                                  process_group=process_group)
     whitened = pca.train(features).apply(features)
     _sync(device)
     time_pca = time.perf_counter() - start
     start = time.perf_counter()
-    result = dc_kernels.kmeans(whitened, k, niter=niter, seed=seed, backend=backend)
+    result = dc_kernels.kmeans(whitened, k, niter=niter, seed=seed, backend=backend,
+                               process_group=process_group)
+    labels = gather_labels(result.labels, process_group)
     _sync(device)
     time_kmeans = time.perf_counter() - start
-    sizes = torch.bincount(result.labels, minlength=k).cpu().numpy()
-    return Clustering(labels=result.labels, sizes=sizes, objective=float(result.inertia),
+    sizes = torch.bincount(labels, minlength=k).cpu().numpy()
+    return Clustering(labels=labels, sizes=sizes, objective=float(result.inertia),
                       empty_clusters=int((sizes == 0).sum()),
                       nsplit=int(sum(row["nsplit"] for row in result.history)),
                       time_pca=time_pca, time_kmeans=time_kmeans, backend=result.backend,

@@ -8,8 +8,14 @@ Reproducibility: every random choice comes from an explicit seed derived from th
 the epoch (k-means, sampler, augmentation, top layer, loaders), and the process-wide RNGs
 (dropout) are saved in the checkpoint, so a resumed run repeats an uninterrupted one exactly on
 the CPU.
+
+Under torchrun (WORLD_SIZE > 1) the same loop runs on every rank: each embeds its shard of the
+images, PCA and k-means reduce across ranks, DistributedDataParallel trains on each rank's share
+of one global epoch, and rank 0 alone writes files and logs (deepcluster/distributed.py,
+docs/distributed.md).
 """
 
+import datetime
 import json
 import os
 import random
@@ -28,7 +34,7 @@ from tqdm import tqdm
 
 from dc_kernels.backends import unavailable_reason
 
-from . import metrics, plots
+from . import distributed, metrics, plots
 from .checkpoint import (
     CheckpointError,
     check_compatible,
@@ -48,11 +54,12 @@ from .data import (
     default_image_size,
     load_images,
 )
+from .distributed import print0
 from .models import DeepClusterNet, build_model
 from .sampler import UniformLabelSampler
 
 # Purposes of the seeds derived from (run seed, epoch, purpose).
-SEED_KMEANS, SEED_SAMPLER, SEED_TOP_LAYER, SEED_LOADER, SEED_SUBSET = range(5)
+SEED_KMEANS, SEED_SAMPLER, SEED_TOP_LAYER, SEED_LOADER, SEED_SUBSET, SEED_RANK = range(6)
 
 
 class TrainingError(RuntimeError):
@@ -60,7 +67,7 @@ class TrainingError(RuntimeError):
 
 
 def _quiet() -> bool:
-    return not sys.stderr.isatty()
+    return not sys.stderr.isatty() or not distributed.is_main()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -154,7 +161,10 @@ def _summary(r: dict[str, Any]) -> str:
 def train(config: Config) -> list[dict[str, Any]]:
     """Run (or resume) the training ``config`` describes; returns the per-epoch records."""
     # ---- setup: everything that can fail on bad input fails here, before anything is written
-    device = resolve_device(config.device)
+    # Under torchrun: join the job (env://); each rank gets its own device (LOCAL_RANK's GPU).
+    device = distributed.init(resolve_device(config.device),
+                              datetime.timedelta(minutes=config.dist_timeout))
+    rank, world = distributed.rank(), distributed.world_size()
     if config.kmeans_backend != "auto":
         why = unavailable_reason(config.kmeans_backend, device)
         if why:
@@ -171,7 +181,7 @@ def train(config: Config) -> list[dict[str, Any]]:
     images: ImageSet = load_images(
         config.data, progress=lambda files: tqdm(files, desc="checking images", disable=_quiet()))
     if images.skipped:
-        print(f"skipped {len(images.skipped)} unreadable image(s) (see the warnings above)")
+        print0(f"skipped {len(images.skipped)} unreadable image(s) (see the warnings above)")
     if 0 < config.max_images < len(images):
         rng = np.random.default_rng(derived_seed(config.seed, 0, SEED_SUBSET))
         images = images.subset(np.sort(rng.choice(len(images), config.max_images, replace=False)))
@@ -179,6 +189,8 @@ def train(config: Config) -> list[dict[str, Any]]:
     if config.k > n:
         raise ConfigError(f"k={config.k} is larger than the number of images ({n}); "
                           "choose --k at most that")
+    if n < world:
+        raise ConfigError(f"{n} images cannot be shared out among {world} processes")
     image_size = config.image_size or default_image_size(images)
     workers = config.workers if config.workers >= 0 else (
         0 if isinstance(images.images, torch.Tensor) else min(4, os.cpu_count() or 1))
@@ -212,8 +224,13 @@ def train(config: Config) -> list[dict[str, Any]]:
         # Records of an epoch the kill interrupted after its record but before its checkpoint.
         records = [r for r in records if r["epoch"] < start_epoch]
         set_rng_state(checkpoint["rng"])
+    if rank > 0:
+        # Dropout masks of their own (the model is built, so its weights are rank 0's); rank 0
+        # keeps the single-process stream, which the checkpoint saves.
+        torch.manual_seed(derived_seed(config.seed, start_epoch, SEED_RANK, rank))
+    distributed.barrier()  # every rank has checked --out before rank 0 writes in it
     writer = None
-    if out is not None:
+    if out is not None and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
         _write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         _write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -224,12 +241,18 @@ def train(config: Config) -> list[dict[str, Any]]:
             print("tensorboard is not installed: no event files (pip install tensorboard)")
     labels_info = f"{len(np.unique(images.labels))} classes" if images.labels is not None \
         else "no labels"
-    print(f"data {images.name}: {n} images, {labels_info}, {images.channels} channel(s) -> "
-          f"{image_size}px | {config.arch} (width {config.width}, sobel {config.sobel}) "
-          f"feature dim {model.feature_dim} | k {config.k} | device {device} | "
-          f"epochs {start_epoch}..{config.epochs - 1}", flush=True)
+    print0(f"data {images.name}: {n} images, {labels_info}, {images.channels} channel(s) -> "
+           f"{image_size}px | {config.arch} (width {config.width}, sobel {config.sobel}) "
+           f"feature dim {model.feature_dim} | k {config.k} | device {device} | "
+           f"epochs {start_epoch}..{config.epochs - 1}", flush=True)
+    print0(f"{world} process(es) | batch size {config.batch_size} per process, "
+           f"{config.batch_size * world} global | lr {config.lr} in every process, for the "
+           "gradient averaged over the global batch (not scaled with the process count)",
+           flush=True)
 
-    feature_loader = _loader(FeatureDataset(images, image_size), config, workers, config.seed,
+    # Each rank embeds its contiguous shard of the images: every image exactly once.
+    shard = images.subset(np.asarray(distributed.shard_range(n, rank, world)))
+    feature_loader = _loader(FeatureDataset(shard, image_size), config, workers, config.seed,
                              shuffle=False)
     train_transform = TrainTransform(image_size, config.min_crop_scale)
     sizes = None if assignments is None else np.bincount(assignments.cpu().numpy(),
@@ -247,7 +270,7 @@ def train(config: Config) -> list[dict[str, Any]]:
                 features, config.k, pca_dim=config.pca_dim, pca_power=config.pca_power,
                 niter=config.kmeans_iters,
                 seed=derived_seed(config.seed, epoch, SEED_KMEANS),
-                backend=config.kmeans_backend)
+                backend=config.kmeans_backend, process_group=distributed.group())
             del features
             nmi_prev = None if assignments is None else metrics.nmi(assignments.cpu(),
                                                                     clustering.labels.cpu())
@@ -266,16 +289,18 @@ def train(config: Config) -> list[dict[str, Any]]:
             top_optimizer = torch.optim.SGD(top.parameters(), lr=config.lr,
                                             weight_decay=config.wd)
 
-        sampler = UniformLabelSampler(assignments, n, derived_seed(config.seed, epoch,
-                                                                       SEED_SAMPLER))
+        # Every rank draws the same global epoch and trains on its own share of it.
+        sampler = distributed.EpochShare(UniformLabelSampler(
+            assignments, n, derived_seed(config.seed, epoch, SEED_SAMPLER)), rank, world)
         loader = _loader(PseudoLabelDataset(images, assignments.cpu(), train_transform), config,
                          workers, derived_seed(config.seed, epoch, SEED_LOADER), sampler=sampler)
-        model.train()
+        net = distributed.wrap(model, device)  # DDP, rebuilt: the top layer may be new
+        net.train()
         start, loss_sum, seen = time.perf_counter(), 0.0, 0
         for step, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, config.amp):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             top_optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -287,14 +312,17 @@ def train(config: Config) -> list[dict[str, Any]]:
                 raise TrainingError(f"loss is {loss_value} at epoch {epoch} step {step}: lower "
                                     "--lr (the checkpoint of the previous epoch is intact)")
             loss_sum, seen = loss_sum + loss_value * len(y), seen + len(y)
-            print(f"epoch {epoch} step {step + 1}/{len(loader)} loss {loss_value:.4f}", flush=True)
+            print0(f"epoch {epoch} step {step + 1}/{len(loader)} loss {loss_value:.4f}",
+                   flush=True)
         record["time_train"] = time.perf_counter() - start
+        distributed.sync_buffers(model)  # rank 0's BatchNorm statistics on every rank
+        loss_sum, seen = distributed.all_sum([loss_sum, seen], device)
         record["loss"] = loss_sum / seen
 
         # ---- bookkeeping: record, then checkpoint (a kill between them is undone on resume)
         records.append(record)
-        print(_summary(record), flush=True)
-        if out is not None:
+        print0(_summary(record), flush=True)
+        if out is not None and distributed.is_main():
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             if writer is not None:
@@ -308,15 +336,16 @@ def train(config: Config) -> list[dict[str, Any]]:
                 "top_optimizer": top_optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch + 1, "rng": rng_state(), "assignments": assignments.cpu(),
                 "num_images": n}, out / "checkpoint.pt")
+        distributed.barrier()  # no rank starts the next epoch before the checkpoint is written
 
     # ---- final plots
-    if out is not None and records:
+    if out is not None and records and distributed.is_main():
         sobel = model.sobel.filters.weight.detach().cpu() if model.sobel is not None else None
         for path in (plots.plot_nmi_curves(records, out / "nmi.png"),
                      plots.plot_cluster_sizes(sizes, out / "cluster_sizes.png"),
                      plots.plot_conv1_filters(model.conv1.weight.detach().cpu(),
                                               out / "conv1_filters.png", sobel_kernels=sobel)):
-            print(f"wrote {path}")
+            print0(f"wrote {path}")
         if writer is not None:
             writer.close()
     return records
@@ -329,6 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, TrainingError) as exc:
         print(f"deepcluster-train: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError:
+        if distributed.world_size() > 1:  # most often a lost peer (a rank died or timed out)
+            print(f"deepcluster-train: rank {distributed.rank()} stopped; if another rank died, "
+                  "relaunch the job with --resume (the last checkpoint is intact)",
+                  file=sys.stderr)
+        raise
+    finally:
+        distributed.teardown()
     return 0
 
 

@@ -1,4 +1,13 @@
-"""deepcluster-train on several processes: shard split, label gather, sampler split."""
+"""deepcluster-train on several processes: shard split, label gather, sampler split (units), and
+2-rank gloo runs under torchrun (train, resume single-process, a rank killed then resumed)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +109,108 @@ def test_gather_of_unequal_label_shards_and_rank0_helpers(tmp_path, capfd):
     printed = capfd.readouterr().out
     assert "printed by rank 0" in printed and "printed by rank 1" not in printed
 
+
+# ---- deepcluster-train under torchrun: 2 gloo ranks on the CPU
+
+ROOT = Path(__file__).resolve().parents[1]
+# 96 digits: 48 per rank, 3 steps of 16 per rank and epoch (a single process takes 6).
+ARGS = ["--data", "digits", "--max-images", "96", "--image-size", "16", "--width", "0.125",
+        "--k", "4", "--pca-dim", "8", "--kmeans-iters", "5", "--batch-size", "16",
+        "--workers", "0", "--seed", "5", "--device", "cpu"]
+CLUSTERING = ("kmeans_seed", "empty_clusters", "size_min", "size_median", "size_max",
+              "nmi_labels", "acc_labels")
+TIMINGS = {"time_features", "time_pca", "time_kmeans", "time_train"}
+
+
+def _torchrun(out, *extra):
+    # --standalone: a rendezvous on a free local port, so parallel test runs cannot collide.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "deepcluster.train", *ARGS, "--out", str(out), *extra]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _records(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """A finished 2-epoch run of 2 ranks, and what it printed."""
+    out = tmp_path_factory.mktemp("distributed") / "run"
+    done = subprocess.run(_torchrun(out, "--epochs", "2"), env=_env(), cwd=ROOT, text=True,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_two_ranks_cluster_as_one_process_and_log_once(two_rank_run, tmp_path, capsys):
+    # Imported here: mp.spawn's workers above import this module and need none of the trainer.
+    from deepcluster.checkpoint import load_checkpoint
+    from deepcluster.train import main
+
+    out, printed = two_rank_run
+    assert "2 process(es) | batch size 16 per process, 32 global | lr 0.05 in every" in printed
+    # Rank 0 alone logs; each rank trains on half of the 96-sample epoch.
+    for epoch in (0, 1):
+        assert printed.count(f"epoch {epoch} step 1/3 loss") == 1
+        assert f"epoch {epoch} step 3/3 loss" in printed
+        assert f"epoch {epoch} step 4/" not in printed
+    records = _records(out)
+    assert [r["epoch"] for r in records] == [0, 1]
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["num_images"] == 96
+    assert not any(name.startswith("module.") for name in checkpoint["model"])  # not DDP's
+    sizes = np.bincount(checkpoint["assignments"].numpy(), minlength=4)
+    assert (sizes.sum(), sizes.min(), sizes.max()) == (96, records[1]["size_min"],
+                                                      records[1]["size_max"])
+    # Epoch 0 clusters the untrained network: sharded features, reduced PCA and k-means and the
+    # gathered labels must give what one process gives on all the images.
+    assert main([*ARGS, "--epochs", "1", "--out", str(tmp_path / "single")]) == 0
+    single = _records(tmp_path / "single")[0]
+    assert {k: records[0][k] for k in CLUSTERING} == {k: single[k] for k in CLUSTERING}
+    assert records[0]["kmeans_obj"] == pytest.approx(single["kmeans_obj"], rel=1e-6)
+    capsys.readouterr()
+
+
+def _pid_of_rank(parent, rank):
+    """The pid of the worker process of ``rank`` that torchrun (pid ``parent``) started."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker of rank {rank} under pid {parent}")
+
+
+def test_a_dead_rank_ends_the_job_and_resume_continues(two_rank_run, tmp_path, capsys):
+    from deepcluster.checkpoint import load_checkpoint
+    from deepcluster.train import main
+
+    run, _ = two_rank_run
+    # Reference: the finished run continued by one process for a third epoch.
+    shutil.copytree(run, tmp_path / "reference")
+    assert main([*ARGS, "--epochs", "3", "--out", str(tmp_path / "reference"), "--resume"]) == 0
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    job = subprocess.Popen(_torchrun(killed, "--epochs", "3", "--resume"), env=_env(), cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in job.stdout:
+        if line.startswith("epoch 2 step 1/3"):
+            os.kill(_pid_of_rank(job.pid, 1), signal.SIGKILL)
+            break
+    _, stderr = job.communicate(timeout=120)
+    # torchrun stops the other rank and names the one that died.
+    assert job.returncode != 0
+    assert "SIGKILL" in stderr and "rank      : 1" in stderr, stderr[-3000:]
+    assert load_checkpoint(killed / "checkpoint.pt")["epoch"] == 2
+    assert main([*ARGS, "--epochs", "3", "--out", str(killed), "--resume"]) == 0
+    assert _records(killed) == _records(tmp_path / "reference")
+    assert [r["epoch"] for r in _records(killed)] == [0, 1, 2]
+    capsys.readouterr()
