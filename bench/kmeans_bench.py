@@ -8,7 +8,8 @@ faiss-cpu on the CPU; flash-kmeans and fastkmeans on a GPU. One row per shape an
   ms/iter     wall time of the whole run divided by its iterations (see each runner for what
               it includes): not a per-iteration median, which would hide that later iterations
               of a pruned loop (dc_kernels.cpu) cost less than the first ones
-  TFLOP/s     2*B*N*d*K per iteration over ms/iter
+  TFLOP/s     2*B*N*d*K per iteration over ms/iter (effective: a pruned loop skips part of
+              that work, so its %ceil can exceed 100)
   %ceil       that over a torch matmul of the same shape timed in the same run
   inertia     sum of squared distances to the nearest final centroid, one shared evaluation
   rel_inert   (inertia - float64 Lloyd's) / float64 Lloyd's, where that reference is affordable
