@@ -147,8 +147,9 @@ def two_rank_run(tmp_path_factory):
     return out, done.stdout
 
 
-def test_two_ranks_cluster_as_one_process_and_log_once(two_rank_run, tmp_path, capsys):
-    # Imported here: mp.spawn's workers above import this module and need none of the trainer.
+def test_two_ranks_cluster_as_one_process_and_log_once(two_rank_run, tmp_path):
+    # Imported here, not at the top: mp.spawn's workers above import this module and need
+    # little of the trainer.
     from deepcluster.checkpoint import load_checkpoint
     from deepcluster.train import main
 
@@ -173,7 +174,6 @@ def test_two_ranks_cluster_as_one_process_and_log_once(two_rank_run, tmp_path, c
     single = _records(tmp_path / "single")[0]
     assert {k: records[0][k] for k in CLUSTERING} == {k: single[k] for k in CLUSTERING}
     assert records[0]["kmeans_obj"] == pytest.approx(single["kmeans_obj"], rel=1e-6)
-    capsys.readouterr()
 
 
 def _pid_of_rank(parent, rank):
@@ -189,7 +189,7 @@ def _pid_of_rank(parent, rank):
     raise AssertionError(f"no worker of rank {rank} under pid {parent}")
 
 
-def test_a_dead_rank_ends_the_job_and_resume_continues(two_rank_run, tmp_path, capsys):
+def test_a_dead_rank_ends_the_job_and_resume_continues(two_rank_run, tmp_path):
     from deepcluster.checkpoint import load_checkpoint
     from deepcluster.train import main
 
@@ -213,4 +213,3 @@ def test_a_dead_rank_ends_the_job_and_resume_continues(two_rank_run, tmp_path, c
     assert main([*ARGS, "--epochs", "3", "--out", str(killed), "--resume"]) == 0
     assert _records(killed) == _records(tmp_path / "reference")
     assert [r["epoch"] for r in _records(killed)] == [0, 1, 2]
-    capsys.readouterr()
