@@ -14,8 +14,10 @@ What each rank does (see docs/distributed.md):
 - files and logs: rank 0 only (``is_main``, ``print0``), the others wait at ``barrier``.
 """
 
+import contextlib
 import datetime
 import os
+import warnings
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -88,6 +90,16 @@ def print0(*args: Any, **kwargs: Any) -> None:
     """``print`` on rank 0 only: one log for the job, not one per process."""
     if is_main():
         print(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def warnings_on_main() -> Iterator[None]:
+    """Within: warnings show on rank 0 only (every rank reads the same data, so each warning
+    about it, e.g. a corrupt image, would otherwise repeat once per process)."""
+    with warnings.catch_warnings():
+        if not is_main():
+            warnings.simplefilter("ignore")
+        yield
 
 
 def barrier() -> None:

@@ -178,8 +178,9 @@ def train(config: Config) -> list[dict[str, Any]]:
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    images: ImageSet = load_images(
-        config.data, progress=lambda files: tqdm(files, desc="checking images", disable=_quiet()))
+    with distributed.warnings_on_main():
+        images: ImageSet = load_images(config.data, progress=lambda files: tqdm(
+            files, desc="checking images", disable=_quiet()))
     if images.skipped:
         print0(f"skipped {len(images.skipped)} unreadable image(s) (see the warnings above)")
     if 0 < config.max_images < len(images):

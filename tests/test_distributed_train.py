@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,8 @@ def _worker(rank, world, init_file, out_dir):
         bn.running_mean.fill_(float(rank + 1))
         distributed.sync_buffers(bn)
         distributed.print0(f"printed by rank {rank}")
+        with distributed.warnings_on_main():
+            warnings.warn(f"warned by rank {rank}", UserWarning, stacklevel=1)
         torch.save({"gathered": gathered, "sums": sums, "running_mean": bn.running_mean,
                     "is_main": distributed.is_main(), "rank": distributed.rank(),
                     "world": distributed.world_size()}, f"{out_dir}/rank{rank}.pt")
@@ -106,8 +109,10 @@ def test_gather_of_unequal_label_shards_and_rank0_helpers(tmp_path, capfd):
         assert out["sums"] == [0.5 + 1.5 + 2.5, 3.0]
         assert torch.equal(out["running_mean"], torch.ones(3))  # rank 0's statistics
         assert (out["rank"], out["world"], out["is_main"]) == (r, world, r == 0)
-    printed = capfd.readouterr().out
-    assert "printed by rank 0" in printed and "printed by rank 1" not in printed
+    printed = capfd.readouterr()
+    assert "printed by rank 0" in printed.out and "printed by rank 1" not in printed.out
+    assert "warned by rank 0" in printed.err
+    assert "warned by rank 1" not in printed.err and "warned by rank 2" not in printed.err
 
 
 # ---- deepcluster-train under torchrun: 2 gloo ranks on the CPU
