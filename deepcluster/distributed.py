@@ -11,7 +11,8 @@ What each rank does (see docs/distributed.md):
 - pseudo-labels: ``gather_labels`` puts every rank's labels back in dataset order;
 - training: DistributedDataParallel, each rank taking its ``EpochShare`` of one global epoch
   drawn identically on all ranks;
-- files and logs: rank 0 only (``is_main``, ``print0``), the others wait at ``barrier``.
+- files and logs: rank 0 only (``is_main``, ``print0``, ``warnings_on_main``), the others
+  wait at ``barrier``.
 """
 
 import contextlib
