@@ -114,6 +114,13 @@ def test_small_stems_follow_the_image_size():
     assert build_model("resnet18", 3, image_size=224).conv1.kernel_size == (7, 7)
 
 
+def test_crop_scale_follows_the_image_size():
+    # Auto (0): the paper's 0.08 for full-size inputs, milder for upscaled small images.
+    assert data.TrainTransform(224).min_scale == 0.08
+    assert data.TrainTransform(32).min_scale == data.default_min_crop_scale(32) == 0.4
+    assert data.TrainTransform(32, min_scale=0.2).min_scale == 0.2
+
+
 def test_sobel_front_computes_gradients():
     model = build_model("alexnet", 3, sobel=True, in_channels=3, image_size=16, width=0.125)
     ramp = torch.arange(16.0).repeat(16, 1)  # intensity grows along x by 1 per pixel
