@@ -85,8 +85,9 @@ class DeepClusterNet(nn.Module):
         return next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
 
 
-def _init_paper(module: nn.Module) -> None:
-    """The original code's initialisation: He-normal convs, unit BN, N(0, 0.01) linears."""
+def _init_paper(module: nn.Module, linear_std: float = 0.01) -> None:
+    """The original code's initialisation: He-normal convs, unit BN, N(0, 0.01) linears
+    (``linear_std`` overrides the 0.01)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -97,7 +98,7 @@ def _init_paper(module: nn.Module) -> None:
             m.weight.data.fill_(1)
             m.bias.data.zero_()
         elif isinstance(m, nn.Linear):
-            m.weight.data.normal_(0, 0.01)
+            m.weight.data.normal_(0, linear_std)
             m.bias.data.zero_()
 
 
@@ -205,6 +206,10 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
     classifier, feature_dim = _fc_classifier(_flat_dim(features, net_in, image_size, arch), width)
     model = DeepClusterNet(features, classifier, feature_dim, num_clusters, front)
     _init_paper(model.features)
-    _init_paper(model.classifier)
+    # A linear layer's gain is std * sqrt(fan_in): scaling the std by 1/sqrt(width) keeps the
+    # paper's gain for a narrower FC stack, whose output would otherwise shrink by sqrt(width)
+    # per layer (at width 0.25 a quarter of the paper's scale over two layers) and leave the body
+    # with almost no gradient in the few steps of a small-data epoch. Width 1.0: the paper's 0.01.
+    _init_paper(model.classifier, linear_std=0.01 / math.sqrt(width))
     _init_paper(model.top_layer)
     return model

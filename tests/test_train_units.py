@@ -114,6 +114,16 @@ def test_small_stems_follow_the_image_size():
     assert build_model("resnet18", 3, image_size=224).conv1.kernel_size == (7, 7)
 
 
+def test_classifier_init_keeps_the_paper_gain_at_any_width():
+    # Width 1.0 is the paper's N(0, 0.01); at width w the std is 0.01 / sqrt(w).
+    torch.manual_seed(0)
+    for width, std in ((1.0, 0.01), (0.25, 0.02)):
+        model = build_model("alexnet", 3, image_size=32, width=width)
+        fc2 = model.classifier[4]
+        assert abs(fc2.weight.std().item() - std) < 0.03 * std
+        assert abs(model.top_layer.weight.std().item() - 0.01) < 5e-4
+
+
 def test_crop_scale_follows_the_image_size():
     # Auto (0): the paper's 0.08 for full-size inputs, milder for upscaled small images.
     assert data.TrainTransform(224).min_scale == 0.08
