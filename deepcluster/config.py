@@ -29,7 +29,7 @@ class Config:
     max_images: int = 0
     image_size: int = 0
     arch: str = "alexnet"
-    width: float = 0.5
+    width: float = 0.25
     sobel: bool = True
     k: int = 100
     pca_dim: int = 256
@@ -38,7 +38,7 @@ class Config:
     kmeans_backend: str = "auto"
     reassign: int = 1
     epochs: int = 12
-    batch_size: int = 256
+    batch_size: int = 32
     lr: float = 0.05
     wd: float = 1e-5
     momentum: float = 0.9
@@ -109,7 +109,8 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "kmeans_backend": (f"dc_kernels backend: {', '.join(BACKENDS)}", None),
     "reassign": ("epochs between two clusterings", None),
     "epochs": ("training epochs", "500"),
-    "batch_size": ("mini-batch size", None),
+    "batch_size": ("mini-batch size (small by default: an epoch is one pass over the data, "
+                   "and a small dataset needs many steps per clustering)", "256"),
     "lr": ("learning rate of both SGDs (constant)", None),
     "wd": ("weight decay of both SGDs", None),
     "momentum": ("momentum of the body's SGD (the top layer's has none)", None),
