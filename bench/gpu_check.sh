@@ -89,6 +89,16 @@ kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX
 
 # Most important first: the GPU-only correctness tests, the timings, then the rest.
 run_tests "GPU-only tests of the triton backend" 120 -m gpu tests/test_triton.py
+
+step "compute-sanitizer memcheck: cuda assign / update / split at a small size"
+t=$(limit 90)
+if [ "$t" -eq 0 ]; then record "memcheck: cuda kernels" skip; else
+  timeout "$t" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" --error-exitcode 1 \
+    --tool memcheck $PY bench/cuda_memcheck.py --steps assign update split 2>&1 \
+    | tee "$OUT/memcheck.log" | tail -n 20
+  record "memcheck: cuda kernels" "${PIPESTATUS[0]}"
+fi
+
 kmeans_shape 50000x256:1000 10 45
 kmeans_shape 1281167x256:10000 5 80
 kmeans_shape 32x131072x128:1024 5 70
