@@ -115,7 +115,7 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "wd": ("weight decay of both SGDs", None),
     "momentum": ("momentum of the body's SGD (the top layer's has none)", None),
     "min_crop_scale": ("smallest area fraction of the random resized crop (0: auto, 0.08 for "
-                       "network inputs of 128 px and more, 0.4 below, where an 8%% crop of an "
+                       "network inputs of 128 px and more, 0.6 below, where an 8%% crop of an "
                        "upscaled small image keeps too few of its pixels)", "0.08"),
     "workers": ("data-loader worker processes (-1: 0 for in-memory arrays, else up to 4)",
                 "4"),

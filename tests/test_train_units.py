@@ -127,7 +127,7 @@ def test_classifier_init_keeps_the_paper_gain_at_any_width():
 def test_crop_scale_follows_the_image_size():
     # Auto (0): the paper's 0.08 for full-size inputs, milder for upscaled small images.
     assert data.TrainTransform(224).min_scale == 0.08
-    assert data.TrainTransform(32).min_scale == data.default_min_crop_scale(32) == 0.4
+    assert data.TrainTransform(32).min_scale == data.default_min_crop_scale(32) == 0.6
     assert data.TrainTransform(32, min_scale=0.2).min_scale == 0.2
 
 
