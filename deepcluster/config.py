@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .models import ARCHS
@@ -212,3 +213,13 @@ def parse_config(argv: list[str] | None = None) -> Config:
             values[name] = _coerce(name, value, f"config file {config_file}")
     values.update(args)
     return Config(**values).validate()
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the GPU when there is one; a named CUDA device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
+    return device

@@ -38,6 +38,7 @@ import torch
 from . import data as dc_data
 from . import eval_tasks, plots
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .config import ConfigError, resolve_device
 from .data import DataError, ImageSet, load_images
 from .eval_features import (
     EMBED,
@@ -163,16 +164,6 @@ def _class_name(images: ImageSet, label: int) -> str:
 
 
 # ---- models -----------------------------------------------------------------------------------
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> the GPU when there is one; a named CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
 
 def random_model(spec: dict[str, Any], seed: int, device: torch.device) -> DeepClusterNet:
     """The run's architecture at random initialisation (the paper's random baseline).
@@ -462,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                           max_test=args.max_test, pool_dim=args.pool_dim,
                           probe_epochs=args.probe_epochs, seed=args.seed,
                           kmeans_backend=args.kmeans_backend)
-    except (EvalError, DataError, CheckpointError) as exc:
+    except (EvalError, ConfigError, DataError, CheckpointError) as exc:
         print(f"deepcluster-eval: error: {exc}", file=sys.stderr)
         return 2
     print()

@@ -44,7 +44,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .clustering import cluster_features, derived_seed
-from .config import Config, ConfigError, parse_config
+from .config import Config, ConfigError, parse_config, resolve_device
 from .data import (
     DataError,
     FeatureDataset,
@@ -74,15 +74,6 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def prepare_out(config: Config) -> Path | None:
