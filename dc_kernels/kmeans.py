@@ -6,7 +6,6 @@ on device backends; the per-iteration statistics are gathered once at the end.
 """
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from . import _arrays, _distributed
+from ._clock import IterationClock
 from .backends import TorchBackend, get_backend
 
 log = logging.getLogger("dc_kernels")
@@ -36,28 +36,6 @@ class KmeansResult:
     inertia: float | np.ndarray
     history: list[dict] = field(default_factory=list)
     backend: str = ""
-
-
-class _Clock:
-    """Per-iteration timestamps without host syncs: CUDA events on GPUs, perf_counter on CPUs."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def seconds_since_first(self) -> list[float]:
-        if self.cuda:
-            self.marks[-1].synchronize()
-            return [self.marks[0].elapsed_time(m) / 1000.0 for m in self.marks]
-        return [m - self.marks[0] for m in self.marks]
 
 
 def _random_init(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -99,9 +77,8 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
     k = centroids.shape[1]
     if process_group is not None:
         n = sum(_distributed.shard_sizes(n, x.device, process_group))
-    clock = _Clock(x.device)
+    clock = IterationClock(x.device)
     objs, imbalances, nsplits = [], [], []
-    clock.mark()
     for iteration in range(niter):
         dist, labels = backend.assign(x, centroids, precision)
         obj = dist.sum(-1, dtype=torch.float64)
@@ -119,7 +96,7 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
         if verbose:
             print(f"  iteration {iteration}: objective={objs[-1].tolist()} "
                   f"nsplit={nsplits[-1].tolist()}", flush=True)
-    times = clock.seconds_since_first()
+    times = clock.seconds()
     history = []
     if niter:
         obj_rows = torch.stack(objs).cpu().numpy()

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
+from .._clock import IterationClock
 from .reference import TorchBackend
 
 # Below this many multiply-adds per iteration (B*N*K*d) launches dominate: capture a graph.
@@ -231,7 +232,7 @@ class TritonBackend(TorchBackend):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._iteration(x, centroids, precision, seed, spherical, it, stats)
-        clock = _EventClock()
+        clock = IterationClock(x.device)
         for _ in range(niter):
             graph.replay()
             clock.mark()
@@ -251,7 +252,7 @@ class TritonBackend(TorchBackend):
         stats = self._stats(batch, niter, gpu)
         objs, imbalances, nsplits = stats
         chunks = _HostChunks(x, gpu)
-        clock = _EventClock()
+        clock = IterationClock(gpu)
         for iteration in range(niter):
             sums = torch.zeros(batch, k, d, dtype=torch.float32, device=gpu)
             counts32 = torch.zeros(batch, k, dtype=torch.int32, device=gpu)
@@ -315,21 +316,3 @@ class TritonBackend(TorchBackend):
                                   non_blocking=True)
         torch.cuda.current_stream(gpu).synchronize()  # the host copies above are asynchronous
         return out
-
-
-class _EventClock:
-    """CUDA events per iteration; read once at the end, so timing adds no host sync."""
-
-    def __init__(self) -> None:
-        self.marks: list[torch.cuda.Event] = []
-        self.mark()
-
-    def mark(self) -> None:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self.marks.append(event)
-
-    def seconds(self) -> list[float]:
-        self.marks[-1].synchronize()
-        return [self.marks[0].elapsed_time(m) / 1000.0 for m in self.marks]
-
