@@ -202,6 +202,8 @@ def run_torch_loop(precision: str) -> Runner:
                     synchronize(x.device)
                     if it:
                         times[it - 1] += time.perf_counter() - t0
+                    else:  # the warm-up's result is dropped: every provider runs iters steps
+                        c = init[b].clone()
                 out.append(c)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = saved
@@ -341,46 +343,63 @@ def skipped_backends(device: torch.device) -> list[tuple[str, str]]:
             if device.type not in info["devices"]]
 
 
-def bench_shape(shape: Shape, iters: int, device: torch.device, repeat: int) -> list[Row]:
+def bench_shape(shape: Shape, iters: int, device: torch.device, repeat: int,
+                skip: tuple[str, ...] = (),
+                on_row: Callable[[Row], None] = lambda row: None) -> list[Row]:
     """Run every provider ``repeat`` times (round robin, so that a burst of load on a shared
-    machine hits them alike) and keep each provider's fastest run."""
+    machine hits them alike) and keep each provider's fastest run.
+
+    Each row is evaluated, printed and handed to ``on_row`` as soon as it is final, so that a
+    run stopped by a time limit keeps what it measured; a peer that trips a device-side assert
+    poisons the CUDA context, and then the providers still to run are marked, not lost."""
     x, init = make_data(shape, device)
     reference = None
     if shape.flops / 2 * iters <= REFERENCE_BUDGET[device.type]:
         reference, _ = evaluate(x, run_reference64(x, init, iters))
-    candidates = providers(device)
-    best: dict[tuple[str, str], tuple[float, torch.Tensor]] = {}
-    failed: dict[tuple[str, str], str] = {}
-    for _ in range(repeat):
+    candidates = [c for c in providers(device) if c[0] not in skip]
+    ceilings = {p: matmul_ceiling(shape, device, p)
+                for p in dict.fromkeys(p for _, p, _ in candidates)}
+    rows = {(provider, precision): Row(str(shape), provider, precision)
+            for provider, precision, _ in candidates}
+    done: set[tuple[str, str]] = set()
+
+    def finish(key: tuple[str, str]) -> None:
+        row = rows[key]
+        if not math.isnan(row.ms_per_iter):
+            row.tflops = shape.flops / row.ms_per_iter / 1e9
+            row.pct_ceiling = 100.0 * row.tflops / ceilings[row.precision]
+            if reference is not None:
+                row.rel_inertia = (row.inertia - reference) / reference
+        done.add(key)
+        print_row(row)
+        on_row(row)
+
+    context_lost = ""
+    for round_ in range(repeat):
         for provider, precision, runner in candidates:
             key = (provider, precision)
-            if key in failed:
+            row = rows[key]
+            if key in done:
+                continue
+            if context_lost:
+                row.note = context_lost
+                finish(key)
                 continue
             try:
                 times, centroids = runner(x, init, iters)
+                seconds = sum(times) / len(times)  # whole run / iterations (module docstring)
+                if math.isnan(row.ms_per_iter) or seconds * 1e3 < row.ms_per_iter:
+                    row.inertia, row.empty = evaluate(x, centroids)
+                    row.ms_per_iter = seconds * 1e3
             except Exception as exc:  # a peer that is absent or fails must not stop the table
-                failed[key] = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
+                row.note = f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
                 if not isinstance(exc, ImportError):
                     traceback.print_exc(limit=2)
-                continue
-            seconds = sum(times) / len(times)  # whole run / iterations (module docstring)
-            if key not in best or seconds < best[key][0]:
-                best[key] = (seconds, centroids)
-    ceilings = {p: matmul_ceiling(shape, device, p) for p in dict.fromkeys(p for _, p in best)}
-    rows = []
-    for provider, precision, _ in candidates:
-        row = Row(str(shape), provider, precision, note=failed.get((provider, precision), ""))
-        if (provider, precision) in best:
-            seconds, centroids = best[(provider, precision)]
-            row.ms_per_iter = seconds * 1e3
-            row.tflops = shape.flops / seconds / 1e12
-            row.pct_ceiling = 100.0 * row.tflops / ceilings[precision]
-            row.inertia, row.empty = evaluate(x, centroids)
-            if reference is not None:
-                row.rel_inertia = (row.inertia - reference) / reference
-        rows.append(row)
-        print_row(row)
-    return rows
+                if "device-side assert" in str(exc) or "illegal memory access" in str(exc):
+                    context_lost = f"not run: CUDA context lost to {provider}"
+            if row.note or round_ == repeat - 1:
+                finish(key)
+    return [rows[key] for key in rows]
 
 
 HEADER = (f"{'shape':<22} {'provider':<20} {'prec':<5} {'ms/iter':>9} {'TFLOP/s':>8} "
@@ -428,6 +447,8 @@ def main() -> None:
                         "times and keep its fastest (for a noisy shared machine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--skip", nargs="*", default=[], metavar="PROVIDER",
+                        help="providers to leave out, e.g. dc_kernels.torch fastkmeans")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.shapes:
@@ -443,13 +464,18 @@ def main() -> None:
     for name, why in skipped_backends(device):
         print(f"  (dc_kernels.{name} not run: {why})")
     print(HEADER)
-    rows = []
+    rows: list[Row] = []
+
+    def keep(row: Row) -> None:  # the JSON is rewritten per row: a killed run keeps its rows
+        rows.append(row)
+        if args.json:
+            args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
+
     for shape in shapes:
-        rows += bench_shape(shape, args.iters, device, args.repeat)
+        bench_shape(shape, args.iters, device, args.repeat, tuple(args.skip), keep)
     summary(rows)
     print(f"load average at the end: {load()}")
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=1))
         print(f"wrote {len(rows)} rows to {args.json}")
 
 

@@ -145,7 +145,7 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
 
 def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spherical: bool = False,
            backend: str = "auto", precision: str = "fp32", init_centroids: Any = None,
-           max_points_per_centroid: int | None = None, verbose: bool = False,
+           max_points_per_centroid: int | None = None, nredo: int = 1, verbose: bool = False,
            process_group: Any = None) -> KmeansResult:
     """Cluster the rows of x (N, d) — or B independent problems x (B, N, d) — into k clusters.
 
@@ -153,11 +153,12 @@ def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spheric
     per-iteration history, in the caller's array kind and on its device. With a torch.distributed
     ``process_group``, x is this rank's shard of the rows: centroids, inertia and history are
     those of the concatenated data (the same on every rank), labels those of this shard.
+    ``nredo`` > 1 runs k-means from that many random starts and keeps the best (faiss's nredo).
     """
     xb, kind, batched, init, impl = _prepare(x, k, None, init_centroids, backend, precision,
                                              process_group)
     centroids, history = _train(xb, k, niter, init, impl, precision, seed, spherical,
-                                max_points_per_centroid, verbose, process_group)
+                                max_points_per_centroid, verbose, process_group, nredo)
     dist, labels = impl.assign(xb, centroids, precision)
     inertia = dist.sum(-1, dtype=torch.float64)
     if process_group is not None:
@@ -171,23 +172,51 @@ def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spheric
 
 def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl: TorchBackend,
            precision: str, seed: int, spherical: bool, max_points_per_centroid: int | None,
-           verbose: bool, process_group: Any = None) -> tuple[torch.Tensor, list[dict]]:
+           verbose: bool, process_group: Any = None, nredo: int = 1,
+           ) -> tuple[torch.Tensor, list[dict]]:
+    """``nredo`` runs from different random starts (seeds seed, seed + 1, ...); each problem of
+    the batch keeps the centroids of its run with the lowest final objective. The history holds
+    every run's iterations, one after the other (faiss's ``obj`` has niter * nredo entries)."""
     if isinstance(niter, bool) or not isinstance(niter, int | np.integer) or niter < 0:
         raise ValueError(f"niter must be a non-negative integer, got {niter!r}")
-    if process_group is not None:
-        if max_points_per_centroid is not None:
-            raise ValueError("max_points_per_centroid is not supported with a process_group: "
-                             "subsample each rank's shard before calling")
-        centroids = (_distributed.random_init(xb, k, seed, process_group) if init is None
-                     else init.clone())
-        return lloyd(xb, centroids, niter, impl, precision, seed, spherical, verbose,
-                     process_group)
-    sample = _subsample(xb, k, max_points_per_centroid, seed)
-    centroids = _random_init(sample, k, seed) if init is None else init.clone()
+    if isinstance(nredo, bool) or not isinstance(nredo, int | np.integer) or nredo < 1:
+        raise ValueError(f"nredo must be a positive integer, got {nredo!r}")
+    if nredo > 1 and init is not None:
+        raise ValueError("nredo > 1 restarts from random points: it cannot be combined with "
+                         "init_centroids")
+    if process_group is not None and max_points_per_centroid is not None:
+        raise ValueError("max_points_per_centroid is not supported with a process_group: "
+                         "subsample each rank's shard before calling")
+    sample = (xb if process_group is not None
+              else _subsample(xb, k, max_points_per_centroid, seed))
     if verbose:
         print(f"dc_kernels k-means: B={xb.shape[0]} N={sample.shape[1]} d={xb.shape[2]} k={k} "
-              f"niter={niter} backend={impl.name} precision={precision}", flush=True)
-    return lloyd(sample, centroids, niter, impl, precision, seed, spherical, verbose)
+              f"niter={niter} nredo={nredo} backend={impl.name} precision={precision}",
+              flush=True)
+    best, best_obj, history = None, None, []
+    for redo in range(nredo):
+        run_seed = seed + redo
+        if init is not None:
+            centroids = init.clone()
+        elif process_group is not None:
+            centroids = _distributed.random_init(sample, k, run_seed, process_group)
+        else:
+            centroids = _random_init(sample, k, run_seed)
+        centroids, run_history = lloyd(sample, centroids, niter, impl, precision, run_seed,
+                                       spherical, verbose, process_group)
+        history += run_history
+        if nredo == 1:
+            return centroids, history
+        obj = impl.assign(sample, centroids, precision)[0].sum(-1, dtype=torch.float64)
+        if process_group is not None:
+            obj = _distributed.reduce_sum(obj, process_group)
+        if best is None:
+            best, best_obj = centroids, obj
+        else:
+            better = obj < best_obj
+            best = torch.where(better[:, None, None], centroids, best)
+            best_obj = torch.minimum(obj, best_obj)
+    return best, history
 
 
 class Kmeans:
@@ -200,8 +229,8 @@ class Kmeans:
     """
 
     _OPTIONS = {"niter": 20, "seed": DEFAULT_SEED, "spherical": False, "backend": "auto",
-                "precision": "fp32", "max_points_per_centroid": None, "verbose": False,
-                "process_group": None}
+                "precision": "fp32", "max_points_per_centroid": None, "nredo": 1,
+                "verbose": False, "process_group": None}
 
     def __init__(self, d: int, k: int, **options: Any):
         unknown = sorted(set(options) - set(self._OPTIONS))
@@ -223,6 +252,7 @@ class Kmeans:
         self.backend = settings["backend"]
         self.precision = settings["precision"]
         self.max_points_per_centroid = settings["max_points_per_centroid"]
+        self.nredo = settings["nredo"]
         self.verbose = settings["verbose"]
         self.process_group = settings["process_group"]
         self.centroids: Any = None
@@ -238,7 +268,7 @@ class Kmeans:
                                                  self.process_group)
         centroids, history = _train(xb, self.k, self.niter, init, impl, self.precision,
                                     self.seed, self.spherical, self.max_points_per_centroid,
-                                    self.verbose, self.process_group)
+                                    self.verbose, self.process_group, self.nredo)
         self._centroids_t, self._batched = centroids, batched
         self.obj = np.array([row["obj"] for row in history])
         self.iteration_stats = history

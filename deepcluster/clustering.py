@@ -44,10 +44,10 @@ def _sync(device: torch.device) -> None:
 
 
 def cluster_features(features: torch.Tensor, k: int, *, pca_dim: int, niter: int, seed: int,
-                     pca_power: float = -0.5, backend: str = "auto",
+                     pca_power: float = -0.5, nredo: int = 1, backend: str = "auto",
                      process_group: Any = None) -> Clustering:
     """PCA-whiten ``features`` (N, d) to min(pca_dim, d) dims (eigenvalue power ``pca_power``,
-    -0.5 = whitening), L2-normalise each row, run k-means.
+    -0.5 = whitening), L2-normalise each row, run k-means (the best of ``nredo`` starts).
 
     With a torch.distributed ``process_group``, ``features`` is this rank's contiguous shard
     (shards in rank order = the dataset) and the result is that of the whole dataset.
@@ -61,7 +61,7 @@ def cluster_features(features: torch.Tensor, k: int, *, pca_dim: int, niter: int
     _sync(device)
     time_pca = time.perf_counter() - start
     start = time.perf_counter()
-    result = dc_kernels.kmeans(whitened, k, niter=niter, seed=seed, backend=backend,
+    result = dc_kernels.kmeans(whitened, k, niter=niter, seed=seed, nredo=nredo, backend=backend,
                                process_group=process_group)
     labels = gather_labels(result.labels, process_group)
     _sync(device)

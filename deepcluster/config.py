@@ -36,6 +36,7 @@ class Config:
     pca_dim: int = 256
     pca_power: float = -0.5
     kmeans_iters: int = 20
+    kmeans_redo: int = 1
     kmeans_backend: str = "auto"
     reassign: int = 1
     epochs: int = 12
@@ -63,6 +64,7 @@ class Config:
             (self.k >= 2, f"k must be at least 2, got {self.k}"),
             (self.pca_dim >= 1, f"pca_dim must be positive, got {self.pca_dim}"),
             (self.kmeans_iters >= 1, f"kmeans_iters must be positive, got {self.kmeans_iters}"),
+            (self.kmeans_redo >= 1, f"kmeans_redo must be positive, got {self.kmeans_redo}"),
             (self.reassign >= 1, f"reassign must be positive, got {self.reassign}"),
             (self.epochs >= 1, f"epochs must be positive, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}"),
@@ -107,6 +109,8 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "pca_power": ("eigenvalue power of the PCA step: -0.5 whitens, 0 keeps the plain PCA "
                   "projection (better for small data and networks)", None),
     "kmeans_iters": ("Lloyd iterations per clustering", None),
+    "kmeans_redo": ("k-means runs from different random starts per clustering; the lowest "
+                    "objective is kept (faiss's nredo)", None),
     "kmeans_backend": (f"dc_kernels backend: {', '.join(BACKENDS)}", None),
     "reassign": ("epochs between two clusterings", None),
     "epochs": ("training epochs", "500"),

@@ -260,7 +260,7 @@ def train(config: Config) -> list[dict[str, Any]]:
             record["time_features"] = time.perf_counter() - start
             clustering = cluster_features(
                 features, config.k, pca_dim=config.pca_dim, pca_power=config.pca_power,
-                niter=config.kmeans_iters,
+                niter=config.kmeans_iters, nredo=config.kmeans_redo,
                 seed=derived_seed(config.seed, epoch, SEED_KMEANS),
                 backend=config.kmeans_backend, process_group=distributed.group())
             del features
