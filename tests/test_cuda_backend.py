@@ -237,18 +237,46 @@ def test_gpu_assign_fp32_matches_float64(batch, n, k, d):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 @pytest.mark.parametrize("batch,n,k,d", SHAPES)
-def test_gpu_assign_low_precision_inertia_within_half_percent(precision, batch, n, k, d):
+def test_gpu_assign_low_precision_labels_exact_where_the_precision_resolves(precision, batch, n,
+                                                                          k, d):
     x, c = separated(batch, n, k, d, seed=n * k + d)
     dist, labels = CUDA.assign(x, c, precision)
-    best64, _ = oracle(x, c)
+    _, labels64 = oracle(x, c)
     # dist is the exact fp32 distance to the chosen centroid, whatever the search precision.
     chosen = ((x.double() - torch.gather(c.double(), 1, labels[..., None].expand(-1, -1, d))) ** 2
               ).sum(-1)
     torch.testing.assert_close(dist.double(), chosen, rtol=1e-4, atol=1e-5)
+    # ||c||^2 - 2 x.c with x and c rounded to a u-unit format errs by up to about
+    # 4 u ||x|| ||c|| (8 u if the conversion truncates): where the gap between the two best
+    # scores exceeds twice that, the label is decided and must be the float64 one. These
+    # centres lie far from the origin and 3 apart, so bf16 decides as few as 6 % of the points
+    # (the inertia bar is on unit-scale data, below).
+    unit = {"tf32": 2.0 ** -11, "fp16": 2.0 ** -11, "bf16": 2.0 ** -8}[precision]
+    x64, c64 = x.double(), c.double()
+    score = (c64 * c64).sum(-1)[:, None] - 2.0 * x64 @ c64.transpose(1, 2)
+    top2 = score.topk(min(2, k), dim=-1, largest=False).values
+    bound = 16.0 * unit * x64.norm(dim=-1) * c64.norm(dim=-1).amax(-1, keepdim=True)
+    decided = ((top2[..., -1] - top2[..., 0]) > bound).cpu().numpy() | (k == 1)
+    assert decided.any()
+    np.testing.assert_array_equal(labels.cpu().numpy()[decided], labels64[decided])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("batch,n,k,d", [s for s in SHAPES if s[3] > 1])
+def test_gpu_assign_low_precision_inertia_within_half_percent(precision, batch, n, k, d):
+    # Unit-scale data, as the L2-normalised PCA output that DeepCluster clusters: the
+    # ANCHORS.md bar (inertia within 0.5 % of the exact search) applies there.
+    g = torch.Generator().manual_seed(n + k + d)
+    c = torch.nn.functional.normalize(torch.randn(batch, k, d, generator=g), dim=-1)
+    owner = torch.randint(0, k, (batch, n), generator=g)
+    x = torch.gather(c, 1, owner[..., None].expand(-1, -1, d)) + 0.05 * torch.randn(
+        batch, n, d, generator=g) / d ** 0.5
+    x, c = x.cuda(), c.cuda()
+    dist, _ = CUDA.assign(x, c, precision)
+    best64, _ = oracle(x, c)
     assert dist.double().sum().item() <= best64.sum() * 1.005 + 1e-6
-    ref_dist, _ = REF.assign(x, c, precision)
-    assert abs(dist.double().sum().item() - ref_dist.double().sum().item()) <= (
-        0.005 * ref_dist.double().sum().item() + 1e-6)
 
 
 @gpu
@@ -365,13 +393,51 @@ def test_gpu_batched_equals_separate_runs(precision):
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-3), ("tf32", 5e-3), ("bf16", 5e-3),
                                                  ("fp16", 5e-3)])
 def test_gpu_kmeans_matches_torch_backend(precision, tolerance):
-    # Same data, same init, same number of iterations: the objectives agree within the
-    # ANCHORS.md quality bars (0.1 % fp32; 0.5 % for the tensor-core precisions).
-    x = torch.from_numpy(reference_numpy.blobs(20000, 64, 50, seed=1)).cuda()
+    # Overlapping clusters (unit centres, unit noise, as the benchmark), same init, same
+    # iterations: the objectives agree within the ANCHORS.md quality bars (0.1 % fp32, 0.5 %
+    # for the tensor-core precisions). On well-separated blobs with a random init a single
+    # near-tie (a cluster of one point) sends two exact runs to different optima (seen on the
+    # H200: 1.49e5 vs 2.56e5), so those are compared step by step below instead.
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(50, 64, generator=g)
+    x = (centres[torch.randint(0, 50, (20000,), generator=g)]
+         + torch.randn(20000, 64, generator=g)).cuda()
     mine = dc_kernels.kmeans(x, 50, niter=10, backend="cuda", precision=precision, seed=3)
     ref = dc_kernels.kmeans(x, 50, niter=10, backend="torch", precision="fp32", seed=3)
     assert mine.backend == "cuda"
     assert abs(mine.inertia - ref.inertia) <= tolerance * ref.inertia
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-5), ("tf32", 5e-3), ("bf16", 5e-3),
+                                                 ("fp16", 5e-3)])
+def test_gpu_lloyd_steps_match_torch_backend(precision, tolerance):
+    # Each step from the torch backend's state, on blobs with a random init (duplicated
+    # centroids, empty clusters and splits on the way): what bench/compare_backends.py prints.
+    x = torch.from_numpy(reference_numpy.blobs(20000, 64, 50, seed=1)).cuda()[None]
+    start = torch.randperm(20000, generator=torch.Generator().manual_seed(3))[:50]
+    c = x[:, start.cuda()].contiguous()
+    for it in range(8):
+        dist, labels = CUDA.assign(x, c, precision)
+        ref_dist, ref_labels = REF.assign(x, c, precision)
+        # Near-identical centroids make label ties that cost nothing: compare the objective.
+        assert abs(dist.double().sum() - ref_dist.double().sum()) <= (
+            tolerance * ref_dist.double().sum())
+        if precision == "fp32":
+            assert (labels != ref_labels).sum().item() <= 5
+        mine_c, ref_c = c.clone(), c.clone()
+        counts = CUDA.update(x, ref_labels, mine_c)
+        ref_counts = REF.update(x, ref_labels, ref_c)
+        assert torch.equal(counts, ref_counts)
+        torch.testing.assert_close(mine_c, ref_c, rtol=1e-5, atol=1e-5)
+        mine_n = ref_counts.clone()
+        split_c = ref_c.clone()
+        nsplit = CUDA.split(split_c, mine_n, 3, it)
+        ref_nsplit = REF.split(ref_c, ref_counts, 3, it)
+        assert torch.equal(nsplit.cpu(), ref_nsplit.cpu()) and torch.equal(mine_n, ref_counts)
+        assert torch.equal(split_c, ref_c)
+        c = ref_c
 
 
 @gpu

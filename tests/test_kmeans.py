@@ -139,6 +139,38 @@ def test_spherical_centroids_have_unit_norm(backend):
     np.testing.assert_allclose(np.linalg.norm(km.centroids, axis=1), 1.0, rtol=1e-5)
 
 
+def test_nredo_keeps_the_best_start_per_problem(backend):
+    # Overlapping blobs and few iterations: different starts end at different objectives.
+    x = np.stack([ref.blobs(800, 6, centres=12, seed=s, spread=0.8) for s in (20, 21)])
+    best = dc_kernels.kmeans(x, 12, niter=3, seed=40, nredo=4, backend=backend)
+    singles = [dc_kernels.kmeans(x, 12, niter=3, seed=40 + r, backend=backend)
+               for r in range(4)]
+    runs = np.stack([s.inertia for s in singles])  # (nredo, B)
+    assert len(best.history) == 4 * 3  # every run's iterations, as faiss's obj
+    np.testing.assert_allclose(best.inertia, runs.min(0), rtol=1e-6)
+    assert (runs.max(0) > runs.min(0) * 1.001).all()  # the starts really differ
+    for b in range(2):
+        np.testing.assert_array_equal(best.centroids[b], singles[runs[:, b].argmin()].centroids[b])
+    km = dc_kernels.Kmeans(6, 12, niter=3, seed=40, nredo=4, backend=backend)
+    km.train(x[0])
+    assert km.obj.shape == (12,)
+    np.testing.assert_allclose(km.assign(x[0])[0].sum(), runs[:, 0].min(), rtol=1e-5)
+
+
+def test_fp16_search_does_not_overflow_on_large_values():
+    # |x.c| ~ 1.4e5 is beyond fp16's 65504: the products must still rank the centroids.
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(40, 33)) * 4.0
+    centres[:, 0] += 9.0 * np.arange(40)
+    x = (centres[rng.integers(0, 40, 500)] + 0.05 * rng.normal(size=(500, 33))).astype(np.float32)
+    c = torch.from_numpy(centres.astype(np.float32))[None]
+    dist, labels = get_backend("torch", torch.device("cpu")).assign(
+        torch.from_numpy(x)[None], c, "fp16")
+    dist64, labels64 = ref.assign(x, centres.astype(np.float32))
+    np.testing.assert_array_equal(labels[0].numpy(), labels64)
+    np.testing.assert_allclose(dist[0].numpy(), dist64, rtol=1e-4, atol=1e-4)
+
+
 def test_max_points_per_centroid_subsamples(backend):
     x = ref.blobs(1000, 4, centres=5, seed=12, spread=1.0)
     init = x[:5].copy()
@@ -162,7 +194,10 @@ BAD_INPUTS = [
     (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, precision="fp8"), "precision"),
     (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, backend="gpu"), "backend"),
     (lambda: dc_kernels.kmeans("abc", 2), "NumPy array"),
-    (lambda: dc_kernels.Kmeans(3, 2, nredo=3), "unknown Kmeans option"),
+    (lambda: dc_kernels.Kmeans(3, 2, update_index=True), "unknown Kmeans option"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, nredo=0), "nredo must be"),
+    (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, nredo=2,
+                               init_centroids=np.ones((2, 3), np.float32)), "cannot be combined"),
     (lambda: dc_kernels.Kmeans(0, 2), "d must be"),
     (lambda: dc_kernels.Kmeans(4, 2).train(np.ones((10, 3), np.float32)), "expected d=4"),
     (lambda: dc_kernels.Kmeans(3, 2).assign(np.ones((10, 3), np.float32)), "before train"),

@@ -434,7 +434,7 @@ def _hopper_cases():
     yield ("split", split_ops._split_kernel,
            {"c_ptr": "*fp32", "counts_ptr": "*i64", "bsum_ptr": "*i64", "nsplit_ptr": "*i64",
             "iter_ptr": "*i64"},
-           {"ITER_ON_DEVICE": True, "BLOCK": 256, "NB": 512, "BLOCK_D": 256, "num_warps": 4},
+           {"ITER_ON_DEVICE": True, "BLOCK": 1024, "NB": 128, "BLOCK_D": 256, "num_warps": 4},
            {"seed_key": "u64", "eps": "fp32"})
     yield ("pca-gram", pca_mod._gram_kernel,
            {"x_ptr": "*fp32", "shift_ptr": "*fp32", "gram_ptr": "*fp64", "pairs_ptr": "*i32"},
@@ -485,8 +485,16 @@ def test_gpu_assign_real_size(precision):
     dist, labels = assign(x, c, precision)
     ref_dist, ref_labels = REF.assign(x, c, "fp32")
     if precision == "fp32":
-        assert torch.equal(labels, ref_labels)
-        torch.testing.assert_close(dist, ref_dist, rtol=1e-5, atol=1e-4)
+        # 3xTF32 and cuBLAS round differently: labels must agree wherever the float64 gap
+        # between the two nearest centroids is clear of fp32 rounding (measured on the H200:
+        # 200,000 points give a few near-ties).
+        x64, c64 = x[0].double(), c[0].double()
+        score = (c64 * c64).sum(1) - 2.0 * x64 @ c64.T
+        top2 = score.topk(2, dim=1, largest=False).values
+        clear = (top2[:, 1] - top2[:, 0]) > 1e-4 * (x64 * x64).sum(1).clamp_min(1.0)
+        assert clear.float().mean() > 0.999
+        assert torch.equal(labels[0][clear], ref_labels[0][clear])
+        torch.testing.assert_close(dist[0][clear], ref_dist[0][clear], rtol=1e-5, atol=1e-4)
     assert abs(float(dist.double().sum() / ref_dist.double().sum()) - 1) < 0.005
 
 
@@ -495,7 +503,10 @@ def test_gpu_assign_real_size(precision):
 def test_gpu_graph_loop_equals_eager_loop(monkeypatch):
     import dc_kernels.backends.triton as triton_backend
 
-    x = blobs(2, 50_000, 64, centres=100, seed=1, spread=0.3)
+    # Small integers: every cluster sum is exact in fp32 whatever the order of the atomic adds,
+    # so both loops must follow the same trajectory (with real-valued data they part at the
+    # first near-tie, as seen on the H200).
+    x = torch.round(8.0 * blobs(2, 50_000, 64, centres=100, seed=1, spread=0.3))
     init = torch.cat([x[:, :60], x[:, :40]], dim=1).contiguous()  # duplicates: splits happen
     graph = dc_kernels.kmeans(x, 100, niter=6, init_centroids=init, backend="triton", seed=5)
     monkeypatch.setattr(triton_backend, "GRAPH_MAX_WORK", 0)
@@ -514,11 +525,14 @@ def test_gpu_host_streaming_equals_in_memory(monkeypatch, pinned):
     import dc_kernels.backends.triton as triton_backend
 
     x = blobs(1, 120_000, 64, centres=200, seed=2, spread=0.3)[0]
-    init = x[:200].clone()
-    in_memory = dc_kernels.kmeans(x, 200, niter=5, init_centroids=init, backend="triton")
+    # k-means on small integers (exact cluster sums, see the graph test); PCA on x itself.
+    xi = torch.round(8.0 * x)
+    host_i = xi.cpu().pin_memory() if pinned else xi.cpu()
+    init_i = xi[:200].clone()
+    in_memory = dc_kernels.kmeans(xi, 200, niter=5, init_centroids=init_i, backend="triton")
     monkeypatch.setattr(triton_backend, "STREAM_CHUNK_BYTES", 3 << 20)  # 10 chunks
     host = x.cpu().pin_memory() if pinned else x.cpu()
-    streamed = dc_kernels.kmeans(host, 200, niter=5, init_centroids=init.cpu(),
+    streamed = dc_kernels.kmeans(host_i, 200, niter=5, init_centroids=init_i.cpu(),
                                  backend="triton")
     assert streamed.labels.device.type == "cpu"
     torch.testing.assert_close(streamed.centroids, in_memory.centroids.cpu(), rtol=1e-5,

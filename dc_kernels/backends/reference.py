@@ -54,6 +54,15 @@ MATMUL_DTYPE = {"fp32": torch.float32, "tf32": torch.float32,
                 "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _pow2_scale(t: torch.Tensor) -> torch.Tensor:
+    """The power of two that brings max|t| into [1, 2): fp16 dot products of rows so scaled stay
+    far below fp16's largest value (65504), which torch's fp16 matmul output would overflow
+    where the kernels, accumulating and returning fp32, do not. Dividing by a power of two
+    changes no fp16 rounding (outside the subnormal range)."""
+    peak = t.abs().amax().float()
+    return torch.where(peak > 0, torch.exp2(torch.floor(torch.log2(peak))), 1.0)
+
+
 class TorchBackend:
     """Chunked torch implementation of every step; runs on any device torch supports."""
 
@@ -74,21 +83,28 @@ class TorchBackend:
         ||c||^2 - 2 x.c, with the dot products computed in ``precision`` and accumulated in fp32
         (ties go to the lowest index), and the squared L2 distances (B, N) float32 to that
         centroid, computed directly as sum((x - c)^2) in fp32 so that they carry no
-        cancellation error whatever the precision of the search.
+        cancellation error whatever the precision of the search. Points and centroids are cast
+        to the precision as they are: in fp16 their magnitudes must stay below 65504.
         """
         batch, n, _ = x.shape
         k = centroids.shape[1]
         dist = torch.empty(batch, n, dtype=torch.float32, device=x.device)
         labels = torch.empty(batch, n, dtype=torch.int64, device=x.device)
         mm_dtype = MATMUL_DTYPE[precision]
+        fp16 = mm_dtype == torch.float16
         c_sqnorm = (centroids * centroids).sum(-1)
         rows = max(1, TILE_ENTRIES // k)
         with matmul_precision(precision, x.device):
             for b in range(batch):
-                c_mm = centroids[b].to(mm_dtype)
+                c_scale = _pow2_scale(centroids[b]) if fp16 else 1.0
+                c_mm = (centroids[b] / c_scale).to(mm_dtype)
                 for start in range(0, n, rows):
                     xs = x[b, start:start + rows]
-                    dots = (xs.to(mm_dtype) @ c_mm.T).float()
+                    if fp16:
+                        x_scale = _pow2_scale(xs)
+                        dots = ((xs / x_scale).half() @ c_mm.T).float() * (x_scale * c_scale)
+                    else:
+                        dots = (xs.to(mm_dtype) @ c_mm.T).float()
                     # ||c||^2 - 2 x.c decides the argmin; ||x||^2 is added afterwards.
                     idx = torch.add(c_sqnorm[b], dots, alpha=-2.0).argmin(dim=1)
                     diff = xs.float() - centroids[b, idx]
