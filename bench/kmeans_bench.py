@@ -407,7 +407,7 @@ HEADER = (f"{'shape':<22} {'provider':<20} {'prec':<5} {'ms/iter':>9} {'TFLOP/s'
 
 
 def print_row(row: Row) -> None:
-    print(f"{row.shape:<22} {row.provider:<20} {row.precision:<5} {row.ms_per_iter:>9.1f} "
+    print(f"{row.shape:<22} {row.provider:<20} {row.precision:<5} {row.ms_per_iter:>9.2f} "
           f"{row.tflops:>8.3f} {row.pct_ceiling:>6.1f} {row.inertia:>14.6g} "
           f"{row.rel_inertia:>10.2e} {row.empty:>6.0f}" + (f"  ({row.note})" if row.note else ""),
           flush=True)

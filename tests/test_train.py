@@ -90,6 +90,7 @@ def test_config_file_and_overrides(tmp_path):
     assert (config.k, config.batch_size, config.sobel) == (7, 32, False)
     for text, message in (("kk: 3\n", "unknown setting 'kk'"), ("k: three\n", "k must be int"),
                           ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
+                          ("kmeans_redo: 0\n", "kmeans_redo must be positive"),
                           ("- 1\n", "table of settings"), ("k: [\n", "not valid yaml")):
         yml.write_text(text)
         with pytest.raises(ConfigError, match=message):
