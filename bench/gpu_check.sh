@@ -5,6 +5,8 @@
 # 1,281,167 x 4096 -> 256 (fit + apply) against the torch pipeline; prints the acceptance
 # table last. Budget: about 8 minutes, start-up included (GPU_CHECK_SECONDS, default 470); each
 # step has its own timeout within it, and a failing step is reported without stopping the rest.
+# Seen on an H200 (2026-11-26): the whole script in 367 s, 346 s without memcheck and PCA, each
+# call about 30 s of start-up on top; the 1.28M x 256 : 100k shape needs more than its 100 s.
 #
 # Run it from the repository root on the device machine, carrying the peers' wheels:
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)

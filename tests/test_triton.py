@@ -485,13 +485,13 @@ def test_gpu_assign_real_size(precision):
     dist, labels = assign(x, c, precision)
     ref_dist, ref_labels = REF.assign(x, c, "fp32")
     if precision == "fp32":
-        # 3xTF32 and cuBLAS round differently: labels must agree wherever the float64 gap
-        # between the two nearest centroids is clear of fp32 rounding (measured on the H200:
-        # 200,000 points give a few near-ties).
+        # 3xTF32 and cuBLAS round differently, and with centroids drawn from the points there
+        # are near-ties (on the H200 the labels were not all equal): labels must agree wherever
+        # the float64 gap between the two nearest centroids is clear of fp32 rounding.
         x64, c64 = x[0].double(), c[0].double()
         score = (c64 * c64).sum(1) - 2.0 * x64 @ c64.T
         top2 = score.topk(2, dim=1, largest=False).values
-        clear = (top2[:, 1] - top2[:, 0]) > 1e-4 * (x64 * x64).sum(1).clamp_min(1.0)
+        clear = (top2[:, 1] - top2[:, 0]) > 1e-5 * (x64 * x64).sum(1).clamp_min(1.0)
         assert clear.float().mean() > 0.999
         assert torch.equal(labels[0][clear], ref_labels[0][clear])
         torch.testing.assert_close(dist[0][clear], ref_dist[0][clear], rtol=1e-5, atol=1e-4)
