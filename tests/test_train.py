@@ -1,6 +1,7 @@
 """deepcluster-train end to end on tiny data: outputs, config precedence, bad inputs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +96,12 @@ def test_config_file_and_overrides(tmp_path):
         yml.write_text(text)
         with pytest.raises(ConfigError, match=message):
             parse_config(["--config", str(yml)])
+    # The shipped recipe is the command line the README reports.
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
+    assert parse_config(["--config", str(shipped)]) == parse_config(
+        "--data fashion-mnist --max-images 10000 --epochs 60 --reassign 2 --width 0.25 "
+        "--batch-size 64 --min-crop-scale 0.08 --k 10 --pca-dim 64 --pca-power 0 --no-sobel "
+        "--kmeans-redo 10".split())
     (tmp_path / "run.json").write_text("{}")
     with pytest.raises(ConfigError, match="must end in"):
         parse_config(["--config", str(tmp_path / "run.json")])
