@@ -30,7 +30,7 @@ def _worker(rank: int, init_file: str, out_dir: str, backend: str) -> None:
         torch.set_num_threads(1)
         x, far_init, pca_x = _data()
         group = dist.group.WORLD
-        res = dc_kernels.kmeans(torch.from_numpy(_shard(x, rank)), 9, niter=6, seed=5,
+        res = dc_kernels.kmeans(torch.from_numpy(_shard(x, rank)), 9, niter=6, seed=5, nredo=2,
                                 backend=backend, process_group=group)
         km = dc_kernels.Kmeans(12, 40, niter=3, seed=6, backend=backend, process_group=group)
         km.train(_shard(x, rank), init_centroids=far_init)
@@ -48,7 +48,7 @@ def _worker(rank: int, init_file: str, out_dir: str, backend: str) -> None:
 def test_two_gloo_ranks_equal_single_process(tmp_path, backend):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), backend), nprocs=WORLD)
     x, far_init, pca_x = _data()
-    single = dc_kernels.kmeans(x, 9, niter=6, seed=5, backend=backend)
+    single = dc_kernels.kmeans(x, 9, niter=6, seed=5, nredo=2, backend=backend)
     km = dc_kernels.Kmeans(12, 40, niter=3, seed=6, backend=backend)
     km.train(x, init_centroids=far_init)
     pca = dc_kernels.PCAWhitening(16, 6, backend=backend).train(pca_x)
