@@ -225,7 +225,9 @@ class Kmeans:
     After ``train``: ``centroids`` (k, d) float32 in the caller's array kind, ``obj`` (per
     iteration objective, a NumPy array), ``iteration_stats`` (dicts with obj, time,
     imbalance_factor, nsplit). ``assign(x)`` returns (D, I) like faiss. Inputs of shape
-    (B, N, d) train B independent problems; then everything gains a leading B axis.
+    (B, N, d) train B independent problems; then everything gains a leading B axis. With
+    ``nredo`` > 1, as in faiss, ``obj`` and ``iteration_stats`` hold every start's iterations
+    and the centroids are those of the start with the lowest final objective.
     """
 
     _OPTIONS = {"niter": 20, "seed": DEFAULT_SEED, "spherical": False, "backend": "auto",
