@@ -20,9 +20,9 @@
 #
 # Logs: written to $LOG (a scratch folder), packed at exit into $OUT/gpu_check_logs.tgz next to
 # $OUT/summary.txt (the device tool brings back at most 8 files): build.log, tests_*.log,
-# compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, pca.{log,json}. OUT defaults to
-# bench/results/gpu_check (git-ignored). SKIP_STEPS="memcheck pca" leaves those steps out (a
-# rerun on what is left of a lease).
+# compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json}.
+# OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS="memcheck pca" leaves those
+# steps out (a rerun on what is left of a lease).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results/gpu_check}
@@ -131,6 +131,15 @@ kmeans_shape 50000x256:1000 10 45 dc_kernels.torch
 kmeans_shape 1281167x256:10000 5 80 dc_kernels.torch fastkmeans
 kmeans_shape 32x131072x128:1024 5 60 dc_kernels.torch
 kmeans_shape 8x131072x128:100 10 45 dc_kernels.torch fastkmeans
+step "per-step times (assign / update / split) of every backend"
+t=$(limit 60)
+if [ "$t" -eq 0 ]; then record "step times" skip; else
+  timeout "$t" $PY bench/step_bench.py --repeat 5 --json "$LOG/steps.json" \
+    --shapes 8x131072x128:100,32x131072x128:1024,50000x256:1000,1281167x256:10000 2>&1 \
+    | tee "$LOG/steps.log"
+  record "step times" "${PIPESTATUS[0]}"
+fi
+
 kmeans_shape 1281167x256:100000 3 100 dc_kernels.torch fastkmeans
 
 if skipped pca; then record "PCA bench" skip; else
