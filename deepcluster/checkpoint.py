@@ -76,11 +76,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def check_compatible(saved: dict[str, Any], config: Config, path: str | Path) -> None:
     """Raise ``CheckpointError`` listing every setting (outside ``RESUMABLE``) on which the
-    checkpoint's config differs from ``config``."""
+    checkpoint's config differs from ``config``. A setting the checkpoint does not name came
+    after it was written, and the run behaved as its default."""
     current = config.to_dict()
-    diffs = [f"{name}: checkpoint {saved.get(name)!r}, now {value!r}"
+    defaults = Config().to_dict()
+    diffs = [f"{name}: checkpoint {saved.get(name, defaults[name])!r}, now {value!r}"
              for name, value in current.items()
-             if name not in RESUMABLE and saved.get(name) != value]
+             if name not in RESUMABLE and saved.get(name, defaults[name]) != value]
     if diffs:
         raise CheckpointError(f"checkpoint {path} comes from another configuration; resume with "
                               "the same settings (or use another --out):\n  " + "\n  ".join(diffs))

@@ -237,6 +237,16 @@ def test_checkpoint_loading_runs_no_code(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_checkpoint_without_a_newer_setting_resumes_as_its_default():
+    from deepcluster.checkpoint import check_compatible
+    from deepcluster.config import Config
+    old = Config(k=7).to_dict()
+    del old["kmeans_redo"]  # written before the option existed: it ran with the default
+    check_compatible(old, Config(k=7), "old.pt")
+    with pytest.raises(CheckpointError, match="kmeans_redo: checkpoint 1, now 3"):
+        check_compatible(old, Config(k=7, kmeans_redo=3), "old.pt")
+
+
 def test_rng_state_roundtrip_through_weights_only(tmp_path):
     import random
     torch.manual_seed(0)
