@@ -176,7 +176,7 @@ def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl
            ) -> tuple[torch.Tensor, list[dict]]:
     """``nredo`` runs from different random starts (seeds seed, seed + 1, ...); each problem of
     the batch keeps the centroids of its run with the lowest final objective. The history holds
-    every run's iterations, one after the other (faiss's ``obj`` has niter * nredo entries)."""
+    every run's iterations, one after the other, with times that run on (as faiss's stats)."""
     if isinstance(niter, bool) or not isinstance(niter, int | np.integer) or niter < 0:
         raise ValueError(f"niter must be a non-negative integer, got {niter!r}")
     if isinstance(nredo, bool) or not isinstance(nredo, int | np.integer) or nredo < 1:
@@ -204,7 +204,8 @@ def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl
             centroids = _random_init(sample, k, run_seed)
         centroids, run_history = lloyd(sample, centroids, niter, impl, precision, run_seed,
                                        spherical, verbose, process_group)
-        history += run_history
+        elapsed = history[-1]["time"] if history else 0.0  # times run on across starts
+        history += [{**row, "time": row["time"] + elapsed} for row in run_history]
         if nredo == 1:
             return centroids, history
         obj = impl.assign(sample, centroids, precision)[0].sum(-1, dtype=torch.float64)

@@ -147,6 +147,8 @@ def test_nredo_keeps_the_best_start_per_problem(backend):
                for r in range(4)]
     runs = np.stack([s.inertia for s in singles])  # (nredo, B)
     assert len(best.history) == 4 * 3  # every run's iterations, as faiss's obj
+    times = [h["time"] for h in best.history]
+    assert times == sorted(times)  # cumulative over the starts
     np.testing.assert_allclose(best.inertia, runs.min(0), rtol=1e-6)
     assert (runs.max(0) > runs.min(0) * 1.001).all()  # the starts really differ
     for b in range(2):
