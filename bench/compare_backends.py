@@ -11,20 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dc_kernels.backends import get_backend  # noqa: E402
-
-
-def blobs(n: int, d: int, k: int, seed: int) -> torch.Tensor:
-    """Well-separated Gaussian blobs (centres N(0, 1), spread 0.05), float32."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(size=(k, d))
-    return torch.from_numpy((means[rng.integers(0, k, size=n)]
-                             + 0.05 * rng.normal(size=(n, d))).astype(np.float32))
+from tests.reference_numpy import blobs  # noqa: E402  (the GPU tests' data, seed 1)
 
 
 def main() -> None:
@@ -40,7 +32,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
-    x = blobs(args.n, args.d, args.k, seed=1)[None].to(device)
+    x = torch.from_numpy(blobs(args.n, args.d, args.k, seed=1))[None].to(device)
     gen = torch.Generator().manual_seed(args.seed)
     centroids = x[:, torch.randperm(args.n, generator=gen)[:args.k].to(device)].contiguous()
     mine, ref = get_backend(args.backend, device), get_backend(args.reference, device)
