@@ -11,8 +11,8 @@ Conventions shared by every function:
 - label values need not start at 0 nor be contiguous;
 - a negative label means "unknown": samples where either labeling is negative are left out
   (datasets with partial labels mark the unlabelled images with -1);
-- values agree with scikit-learn's (``normalized_mutual_info_score`` with its default
-  arithmetic normalisation, ``adjusted_rand_score``), including its conventions for degenerate
+- values agree with scikit-learn's (``normalized_mutual_info_score`` with the same
+  ``average_method``, ``adjusted_rand_score``), including its conventions for degenerate
   labelings.
 """
 
@@ -106,12 +106,19 @@ def _entropy(sizes: torch.Tensor, n: int) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
-def nmi(labels_a: Any, labels_b: Any) -> float:
-    """Normalised mutual information, MI / mean(H(a), H(b)) (natural log; symmetric).
+NMI_AVERAGES = ("geometric", "arithmetic")
 
-    Like scikit-learn: 1.0 when both labelings put everything in one cluster, 0.0 when the
-    mutual information is zero otherwise (e.g. one side a single cluster, the other not).
+
+def nmi(labels_a: Any, labels_b: Any, average: str = "geometric") -> float:
+    """Normalised mutual information MI / mean(H(a), H(b)) (natural log; symmetric).
+
+    ``average`` "geometric" is the paper's NMI(A; B) = I(A; B) / sqrt(H(A) H(B)); "arithmetic"
+    divides by (H(A) + H(B)) / 2, scikit-learn's default. Like scikit-learn: 1.0 when both
+    labelings put everything in one cluster, 0.0 when the mutual information is zero otherwise
+    (e.g. one side a single cluster, the other not).
     """
+    if average not in NMI_AVERAGES:
+        raise ValueError(f"average must be one of {NMI_AVERAGES}, got {average!r}")
     c = _contingency(labels_a, labels_b)
     n_a, n_b = c.row_sums.numel(), c.col_sums.numel()
     if n_a == 1 and n_b == 1:
@@ -123,6 +130,8 @@ def nmi(labels_a: Any, labels_b: Any) -> float:
         return 0.0
     h_a = float(_entropy(c.row_sums, c.n))
     h_b = float(_entropy(c.col_sums, c.n))
+    if average == "geometric":
+        return mi / float(np.sqrt(h_a * h_b))
     return mi / ((h_a + h_b) / 2.0)
 
 

@@ -134,9 +134,11 @@ def _vgg16_features(in_channels: int, width: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _fc_classifier(d_in: int, width: float) -> tuple[nn.Sequential, int]:
-    hidden = _scaled(_ALEXNET_FC, width)
-    return nn.Sequential(nn.Dropout(0.5), nn.Linear(d_in, hidden), nn.ReLU(inplace=True),
+def _fc_classifier(arch: str, d_in: int, width: float) -> tuple[nn.Sequential, int]:
+    """The original code's heads: AlexNet drops out before fc6 and fc7, VGG-16 before fc7 only."""
+    hidden = _scaled(_ALEXNET_FC if arch == "alexnet" else _VGG_FC, width)
+    first = [nn.Dropout(0.5)] if arch == "alexnet" else []
+    return nn.Sequential(*first, nn.Linear(d_in, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)), hidden
 
 
@@ -203,7 +205,8 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
             raise ValueError(f"arch 'vgg16' needs images of at least 32 px (its 5 pools), "
                              f"got image size {image_size}")
         features = _vgg16_features(net_in, width)
-    classifier, feature_dim = _fc_classifier(_flat_dim(features, net_in, image_size, arch), width)
+    classifier, feature_dim = _fc_classifier(arch, _flat_dim(features, net_in, image_size, arch),
+                                             width)
     model = DeepClusterNet(features, classifier, feature_dim, num_clusters, front)
     _init_paper(model.features)
     # A linear layer's gain is std * sqrt(fan_in): scaling the std by 1/sqrt(width) keeps the

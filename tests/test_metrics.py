@@ -36,12 +36,25 @@ def _random_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
 PAIRS = _random_pairs()
 
 
+@pytest.mark.parametrize("average", metrics.NMI_AVERAGES)
 @pytest.mark.parametrize("a, b", PAIRS)
-def test_nmi_matches_sklearn(a: np.ndarray, b: np.ndarray) -> None:
-    expected = normalized_mutual_info_score(a, b)
-    assert metrics.nmi(a, b) == pytest.approx(expected, abs=1e-6)
-    assert metrics.nmi(torch.from_numpy(b), torch.from_numpy(a)) == pytest.approx(expected,
-                                                                                  abs=1e-6)
+def test_nmi_matches_sklearn(a: np.ndarray, b: np.ndarray, average: str) -> None:
+    expected = normalized_mutual_info_score(a, b, average_method=average)
+    assert metrics.nmi(a, b, average) == pytest.approx(expected, abs=1e-6)
+    assert metrics.nmi(torch.from_numpy(b), torch.from_numpy(a), average) == pytest.approx(
+        expected, abs=1e-6)
+
+
+def test_nmi_default_is_the_papers_geometric_mean() -> None:
+    # Unequal entropies make the two normalisations differ: I / sqrt(Ha Hb) > I / ((Ha + Hb)/2).
+    a, b = PAIRS[4]
+    h_a = -sum(p * np.log(p) for p in np.bincount(a) / len(a) if p > 0)
+    h_b = -sum(p * np.log(p) for p in np.bincount(b) / len(b) if p > 0)
+    mi = normalized_mutual_info_score(a, b, average_method="arithmetic") * (h_a + h_b) / 2
+    assert metrics.nmi(a, b) == pytest.approx(mi / np.sqrt(h_a * h_b), rel=1e-9)
+    assert metrics.nmi(a, b) > metrics.nmi(a, b, "arithmetic")
+    with pytest.raises(ValueError, match="average"):
+        metrics.nmi(a, b, "max")
 
 
 @pytest.mark.parametrize("a, b", PAIRS)
@@ -111,7 +124,7 @@ def test_unknown_labels_are_left_out() -> None:
     masked = np.where(unknown, -1, true)
     keep = ~unknown
     assert metrics.nmi(masked, pred) == pytest.approx(
-        normalized_mutual_info_score(true[keep], pred[keep]), abs=1e-6)
+        normalized_mutual_info_score(true[keep], pred[keep], average_method="geometric"), abs=1e-6)
     assert metrics.adjusted_rand_index(masked, pred) == pytest.approx(
         adjusted_rand_score(true[keep], pred[keep]), abs=1e-6)
     assert metrics.clustering_accuracy(masked, pred) == pytest.approx(
@@ -140,7 +153,8 @@ def test_bad_input() -> None:
 def test_metrics_on_cuda() -> None:
     a, b = PAIRS[8]
     ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
-    assert metrics.nmi(ta, tb) == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-6)
+    assert metrics.nmi(ta, tb) == pytest.approx(
+        normalized_mutual_info_score(a, b, average_method="geometric"), abs=1e-6)
     assert metrics.adjusted_rand_index(ta, b) == pytest.approx(adjusted_rand_score(a, b),
                                                                abs=1e-6)
     assert metrics.clustering_accuracy(ta, tb) == pytest.approx(
