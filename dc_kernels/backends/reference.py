@@ -12,28 +12,10 @@ from collections.abc import Iterator
 
 import torch
 
-# Perturbation applied to both copies of a split centroid, as in faiss (relative, symmetric).
-SPLIT_EPS = 1.0 / 1024.0
+from ..contract import PRECISIONS, SPLIT_EPS, split_draw
+
 # Rows per matmul tile are chosen so that a tile of distances holds at most this many entries.
 TILE_ENTRIES = 1 << 24
-
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(z: int) -> int:
-    """splitmix64 finaliser: the integer hash every backend uses for split draws."""
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def split_draw(seed: int, iteration: int, cluster: int) -> int:
-    """The 64-bit random draw used to pick the donor of empty ``cluster`` at ``iteration``.
-
-    Integer-only, so that every backend (Python, C++, Triton, CUDA) picks the same donor.
-    """
-    return _mix64(_mix64(_mix64(seed & _MASK64) ^ iteration) ^ cluster)
 
 
 @contextlib.contextmanager
@@ -67,7 +49,7 @@ class TorchBackend:
     """Chunked torch implementation of every step; runs on any device torch supports."""
 
     name = "torch"
-    precisions: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+    precisions: tuple[str, ...] = PRECISIONS
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str:

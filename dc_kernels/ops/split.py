@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backends.reference import SPLIT_EPS, _mix64
+from ..contract import SPLIT_EPS, mix64, split_seed
 from ._common import check_launchable, device_guard, interpreting, next_pow2
 
 
@@ -146,7 +146,7 @@ def split(centroids: torch.Tensor, counts: torch.Tensor, seed: int,
     with device_guard(centroids):
         _split_kernel[(batch,)](
             centroids, counts, bsum, nsplit, iteration if on_device else counts,
-            _mix64(seed & ((1 << 64) - 1)), 0 if on_device else int(iteration), k, d, n_blocks,
+            mix64(split_seed(seed)), 0 if on_device else int(iteration), k, d, n_blocks,
             SPLIT_EPS, ITER_ON_DEVICE=on_device, BLOCK=block, NB=nb,
             BLOCK_D=min(256, next_pow2(d)), num_warps=4)
     return nsplit
