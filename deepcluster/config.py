@@ -46,6 +46,8 @@ class Config:
     momentum: float = 0.9
     min_crop_scale: float = 0.0
     workers: int = -1
+    check_images: bool = False
+    log_every: float = 10.0
     seed: int = 31
     amp: bool = False
     device: str = "auto"
@@ -79,6 +81,7 @@ class Config:
              f"image_size must be 0 (auto) or at least 8, got {self.image_size}"),
             (self.workers >= -1, f"workers must be -1 (auto) or >= 0, got {self.workers}"),
             (self.dist_timeout > 0, f"dist_timeout must be positive, got {self.dist_timeout}"),
+            (self.log_every >= 0, f"log_every must be >= 0 seconds, got {self.log_every}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -91,7 +94,7 @@ class Config:
 
 # Settings a resumed run may change; every other one must match the checkpoint's.
 RESUMABLE = frozenset({"epochs", "out", "resume", "workers", "device", "kmeans_backend",
-                       "dist_timeout"})
+                       "dist_timeout", "check_images", "log_every"})
 
 # (help, paper's value or None when the paper has none or the default is it)
 _HELP: dict[str, tuple[str, str | None]] = {
@@ -122,8 +125,14 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "min_crop_scale": ("smallest area fraction of the random resized crop (0: auto, 0.08 for "
                        "network inputs of 128 px and more, 0.6 below, where an 8%% crop of an "
                        "upscaled small image keeps too few of its pixels)", "0.08"),
-    "workers": ("data-loader worker processes (-1: 0 for in-memory arrays, else up to 4)",
-                "4"),
+    "workers": ("data-loader worker processes, persistent across passes (-1: 0 for in-memory "
+                "arrays, else the CPUs this process may use, shared among torchrun's local "
+                "processes)", "4"),
+    "check_images": ("decode every image file once at start-up, in parallel, and leave the "
+                     "unreadable ones out (default: files that fail when loaded are replaced "
+                     "by the next readable one, counted and listed in --out)", None),
+    "log_every": ("seconds between progress lines when the output is not a terminal (0: a "
+                  "line every step); a terminal gets a progress bar", None),
     "seed": ("seed of every random choice (k-means seeds derive from it and the epoch)", None),
     "amp": ("mixed precision for the network (bf16 on CPU, fp16 on CUDA)", None),
     "device": ("auto, cpu, cuda or cuda:N (under torchrun: each process takes the GPU of its "
