@@ -19,8 +19,10 @@ For evaluation: ``model, config = model_from_checkpoint(path)`` and
 (``model.embed``) and its input pipeline.
 """
 
-import os
+import dataclasses
+import pickle
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,14 @@ import torch
 
 from .config import RESUMABLE, Config
 from .models import DeepClusterNet, build_model
+from .rundir import write_atomic
 
 FORMAT = "deepcluster/1"
+# Every key of a checkpoint and the type of its value.
+KEYS = {"config": dict, "model_spec": dict, "model": dict, "optimizer": dict,
+        "top_optimizer": dict, "scaler": dict, "epoch": int, "rng": dict,
+        "assignments": torch.Tensor, "num_images": int}
+MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size", "width"}
 
 
 class CheckpointError(ValueError):
@@ -39,38 +47,61 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` via a temporary file and an atomic rename, so that a kill at
-    any moment leaves either the previous checkpoint or the new one, never a broken file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    any moment leaves either the previous checkpoint or the new one, never a broken file; a
+    failed write (a full disk) raises ``rundir.OutputError`` and leaves no temporary file."""
+    write_atomic(Path(path), lambda f: torch.save({"format": FORMAT, **state}, f))
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """What is wrong with a file ``torch.load`` refused, in one line."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        why = "truncated or damaged (an incomplete zip archive): not a whole checkpoint"
+    elif isinstance(exc, pickle.UnpicklingError):
+        why = ("cannot be loaded safely (weights_only): it holds objects other than tensors "
+               "and plain values, so it is no deepcluster checkpoint")
+    elif head.startswith(b"PK"):
+        why = "a zip archive but not a PyTorch file: another program's file"
+    else:
+        why = "not a PyTorch file: another program's file, or damaged"
+    return CheckpointError(f"checkpoint {path} is {why}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no code from the file runs).
 
-    Returns the dict described in the module docstring; raises ``CheckpointError`` when the file
-    is missing, unreadable, holds anything but tensors and plain values, or is not ours.
+    Returns the dict described in the module docstring; raises ``CheckpointError`` with a
+    one-line reason when the file is missing, empty, truncated, another program's, holds
+    anything but tensors and plain values, or lacks a key.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a checkpoint")
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for bad files
-        raise CheckpointError(f"cannot load checkpoint {path} safely (weights_only): "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: "
+                              f"{(exc.strerror or str(exc)).lower()}") from exc
+    except Exception as exc:  # torch raises many unrelated types for bad files
+        raise _unreadable(path, exc) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a deepcluster checkpoint (format {FORMAT!r})")
+    problems = [f"{key} missing" if key not in state else f"{key} is not a {kind.__name__}"
+                for key, kind in KEYS.items() if not isinstance(state.get(key), kind)]
+    if not problems:
+        fields = {f.name for f in dataclasses.fields(Config)}
+        problems += [f"unknown setting {name!r} in its config"
+                     for name in sorted(set(state["config"]) - fields)]
+        problems += [f"model_spec lacks {name!r}"
+                     for name in sorted(MODEL_SPEC_KEYS - set(state["model_spec"]))]
+    if problems:
+        raise CheckpointError(f"checkpoint {path} is incomplete or not of this version: "
+                              f"{'; '.join(problems)}")
     return state
 
 
@@ -97,10 +128,15 @@ def model_from_checkpoint(source: str | Path | dict[str, Any],
     """
     state = source if isinstance(source, dict) else load_checkpoint(source)
     spec = state["model_spec"]
-    model = build_model(spec["arch"], spec["num_clusters"], sobel=spec["sobel"],
-                        in_channels=spec["in_channels"], image_size=spec["image_size"],
-                        width=spec["width"])
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(spec["arch"], spec["num_clusters"], sobel=spec["sobel"],
+                            in_channels=spec["in_channels"], image_size=spec["image_size"],
+                            width=spec["width"])
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint's weights do not fit its model_spec {spec}: "
+                              f"{(str(exc).strip() or type(exc).__name__).splitlines()[0]}"
+                              ) from exc
     return model.to(device).eval(), Config(**state["config"])
 
 

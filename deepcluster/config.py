@@ -6,6 +6,8 @@ The defaults run the embedded example (scikit-learn digits, a few minutes on a l
 
 import argparse
 import dataclasses
+import math
+import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +20,11 @@ from .models import ARCHS
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+NO_OUT = "none"  # --out none: write nothing
+SEED_LIMIT = 2**32  # NumPy's global seed must be below it
+MAX_DIST_TIMEOUT = 525_600.0  # minutes: a year
+# Exponent notation without a dot (1e-2): a float for TOML and Python, a string for YAML 1.1.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -57,31 +64,45 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise ``ConfigError`` for a value no run can use; return self."""
+        def finite(x: float) -> bool:
+            return isinstance(x, int | float) and math.isfinite(x)
+
         checks = [
             (self.arch in ARCHS, f"arch must be one of {ARCHS}, got {self.arch!r}"),
             (self.kmeans_backend in BACKENDS,
              f"kmeans_backend must be one of {BACKENDS}, got {self.kmeans_backend!r}"),
-            (self.device in DEVICES or self.device.startswith("cuda:"),
+            (self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None,
              f"device must be one of {DEVICES} or cuda:N, got {self.device!r}"),
             (self.k >= 2, f"k must be at least 2, got {self.k}"),
             (self.pca_dim >= 1, f"pca_dim must be positive, got {self.pca_dim}"),
+            (finite(self.pca_power) and -1 <= self.pca_power <= 1,
+             f"pca_power must be in [-1, 1] (-0.5 whitens, 0 keeps the plain projection), "
+             f"got {self.pca_power}"),
             (self.kmeans_iters >= 1, f"kmeans_iters must be positive, got {self.kmeans_iters}"),
             (self.kmeans_redo >= 1, f"kmeans_redo must be positive, got {self.kmeans_redo}"),
             (self.reassign >= 1, f"reassign must be positive, got {self.reassign}"),
             (self.epochs >= 1, f"epochs must be positive, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.wd >= 0, f"wd must be non-negative, got {self.wd}"),
+            (finite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (finite(self.wd) and self.wd >= 0, f"wd must be a number >= 0, got {self.wd}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.min_crop_scale <= 1,
              f"min_crop_scale must be in [0, 1] (0: auto), got {self.min_crop_scale}"),
-            (self.width > 0, f"width must be positive, got {self.width}"),
+            (finite(self.width) and self.width > 0,
+             f"width must be a positive number, got {self.width}"),
             (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
             (self.image_size == 0 or self.image_size >= 8,
              f"image_size must be 0 (auto) or at least 8, got {self.image_size}"),
             (self.workers >= -1, f"workers must be -1 (auto) or >= 0, got {self.workers}"),
-            (self.dist_timeout > 0, f"dist_timeout must be positive, got {self.dist_timeout}"),
-            (self.log_every >= 0, f"log_every must be >= 0 seconds, got {self.log_every}"),
+            (0 <= self.seed < SEED_LIMIT,
+             f"seed must be in [0, 2**32), got {self.seed}"),
+            (finite(self.dist_timeout) and 0 < self.dist_timeout <= MAX_DIST_TIMEOUT,
+             f"dist_timeout must be in (0, {MAX_DIST_TIMEOUT:g}] minutes, got "
+             f"{self.dist_timeout}"),
+            (finite(self.log_every) and self.log_every >= 0,
+             f"log_every must be >= 0 seconds, got {self.log_every}"),
+            (not (self.resume and self.out in ("", NO_OUT)),
+             "--resume needs --out DIR (the directory of the run to continue)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -139,13 +160,15 @@ _HELP: dict[str, tuple[str, str | None]] = {
                "LOCAL_RANK)", None),
     "dist_timeout": ("under torchrun: minutes a process waits for the others at a collective "
                      "before the job stops with an error (a rank died)", None),
-    "out": ("directory for config, metrics.jsonl, checkpoint.pt, plots (empty: none)", None),
+    "out": ("directory for config, metrics.jsonl, checkpoint.pt, plots; 'none' writes nothing",
+            None),
     "resume": ("continue the run in --out from its checkpoint.pt", None),
 }
 
 
 # How the defaults that stand for "automatic" or "nothing" read in --help.
-_SHOWN = {"max_images": "all", "image_size": "auto", "workers": "auto", "out": "none",
+_SHOWN = {"max_images": "all", "image_size": "auto", "workers": "auto",
+          "out": "a new runs/DATA-DATE-TIME",
           "min_crop_scale": "auto"}
 
 
@@ -177,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice (plain YAML keeps the last, TOML
+    refuses)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in lines:
+                raise _DuplicateKey(f"setting {key!r} is given twice (lines {lines[key]} and "
+                                    f"{line})")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
@@ -190,9 +233,11 @@ def _read_file(path: Path) -> dict[str, Any]:
                 import tomli as tomllib
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         else:
             raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except (ValueError, yaml.YAMLError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -203,12 +248,17 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    """A config-file value checked against the field's type (ints accepted for floats)."""
+    """A config-file value checked against the field's type (ints accepted for floats, and
+    strings in exponent notation such as 1e-2, which YAML 1.1 does not read as numbers)."""
     kind = {f.name: f.type for f in fields(Config)}[name]
+    if kind is float and isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+        hint = " (write floats with a dot, e.g. 0.01, or in exponent notation, e.g. 1e-2)" \
+            if kind is float else ""
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}{hint}")
     return value
 
 
