@@ -84,7 +84,8 @@ class BuildExt(build_ext):
                 continue
             obj = build_temp / (Path(src).stem + ".o")
             cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
-                   "--expt-relaxed-constexpr", "-lineinfo", *gencode]
+                   "--expt-relaxed-constexpr", "-lineinfo", *gencode,
+                   *(f"-I{folder}" for folder in ext.include_dirs)]
             print(" ".join(cmd))
             subprocess.check_call(cmd, cwd=ROOT)
             objects.append(str(obj))
@@ -104,7 +105,7 @@ def extensions() -> list[Extension]:
     cpu = Pybind11Extension(
         "dc_kernels._cpu",
         _sources("csrc/cpu", "*.cpp"),
-        include_dirs=["csrc/cpu"],
+        include_dirs=["csrc/cpu", "csrc/common"],
         cxx_std=17,
         extra_compile_args=["-O3", "-fno-math-errno", *openmp],
         extra_link_args=openmp,
@@ -124,7 +125,8 @@ def extensions() -> list[Extension]:
         exts.append(CudaExtension(
             "dc_kernels._cuda",
             cuda_sources,
-            include_dirs=["csrc/cuda", pybind11.get_include(), sysconfig.get_paths()["include"]],
+            include_dirs=["csrc/cuda", "csrc/common", pybind11.get_include(),
+                          sysconfig.get_paths()["include"]],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"],
         ))

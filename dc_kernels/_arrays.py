@@ -1,7 +1,9 @@
-"""Array interchange and input validation shared by every public entry point.
+"""Array interchange and input validation: the one place where data entering the public API
+(Kmeans, kmeans, PCAWhitening) is checked, with messages naming shapes and dtypes.
 
 Inputs may be torch tensors (any device), NumPy arrays or CuPy arrays; internally everything is
 a torch tensor (zero-copy where the source allows it) and results go back in the caller's kind.
+Backends check only what keeps their native calls memory-safe (backends/_checks.py).
 """
 
 from dataclasses import dataclass
@@ -11,7 +13,8 @@ import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# Elements per piece of the finiteness pass: its temporaries stay small whatever the input.
+FINITE_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -66,11 +69,16 @@ def check_float(t: torch.Tensor, name: str = "x") -> None:
 
 
 def check_finite(t: torch.Tensor, name: str = "x") -> None:
-    """NaN/Inf check (one reduction, one host sync; done once per call, never per iteration)."""
-    if not bool(torch.isfinite(t).all()):
-        n_nan = int(torch.isnan(t).sum())
-        n_inf = int(torch.isinf(t).sum())
-        raise ValueError(f"{name} contains {n_nan} NaN and {n_inf} Inf values")
+    """NaN/Inf check of a (N, d) or (B, N, d) array: one pass over row views of at most
+    FINITE_CHUNK elements (no full-size temporary, no copy of strided input), one host read."""
+    step = max(1, FINITE_CHUNK // max(1, t.shape[-1]))
+    views = [p[s:s + step] for p in as_batched(t) for s in range(0, p.shape[0], step)]
+    bad = torch.zeros((), dtype=torch.int64, device=t.device)
+    for view in views:
+        bad += (~torch.isfinite(view)).sum()
+    if int(bad):
+        n_nan = sum(int(torch.isnan(view).sum()) for view in views)
+        raise ValueError(f"{name} contains {n_nan} NaN and {int(bad) - n_nan} Inf values")
 
 
 def check_points(t: torch.Tensor, name: str = "x", d: int | None = None,
@@ -86,12 +94,6 @@ def check_points(t: torch.Tensor, name: str = "x", d: int | None = None,
         raise ValueError(f"{name} has dimension {t.shape[-1]}, expected d={d} "
                          f"(shape {tuple(t.shape)})")
     check_finite(t, name)
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision
 
 
 def as_batched(t: torch.Tensor) -> torch.Tensor:

@@ -41,20 +41,10 @@ def random_init(x: torch.Tensor, k: int, seed: int, group: dist.ProcessGroup) ->
     return _all_reduce(picked, group)
 
 
-def reduce_update(centroids: torch.Tensor, counts: torch.Tensor,
-                  group: dist.ProcessGroup) -> torch.Tensor:
-    """Turn this rank's centroid update into the global one, in place; returns global counts.
-
-    On entry ``centroids`` holds the local means (the previous centroid where the local
-    cluster is empty) and ``counts`` the local sizes. Sums = means * counts are reduced with the
-    counts; clusters empty on every rank keep the previous centroid, which all ranks share.
-    """
-    local = counts.unsqueeze(-1).to(torch.float32)
-    sums = _all_reduce(centroids * local, group)
-    counts = _all_reduce(counts.clone(), group)
-    total = counts.unsqueeze(-1).to(torch.float32)
-    centroids.copy_(torch.where(total > 0, sums / total.clamp_min(1.0), centroids))
-    return counts
+def all_reduce_(group: dist.ProcessGroup, *tensors: torch.Tensor) -> None:
+    """Sum each tensor over the ranks, in place (k-means: cluster sums, counts, objectives)."""
+    for t in tensors:
+        _all_reduce(t, group)
 
 
 def reduce_sum(t: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:

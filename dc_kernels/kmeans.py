@@ -1,8 +1,7 @@
 """k-means: the faiss-shaped ``Kmeans`` class and the functional ``kmeans``.
 
-One Lloyd loop serves both and every backend: assign -> objective -> update -> split empty
-clusters (-> normalise when spherical). Nothing inside the loop reads a value back to the host
-on device backends; the per-iteration statistics are gathered once at the end.
+Both validate their inputs, pick the starts (random points, nredo) and run the one Lloyd
+driver (dc_kernels._lloyd) on the chosen backend.
 """
 
 import logging
@@ -12,9 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _arrays, _distributed
-from ._clock import IterationClock
-from .backends import TorchBackend, get_backend
+from . import _arrays, _distributed, _rows
+from ._lloyd import lloyd
+from .backends import NAMES, get_backend
+from .backends.reference import TorchBackend
+from .contract import check_precision
 
 log = logging.getLogger("dc_kernels")
 
@@ -58,56 +59,6 @@ def _subsample(x: torch.Tensor, k: int, max_points_per_centroid: int | None,
     return x[:, index].contiguous()
 
 
-def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBackend,
-          precision: str, seed: int, spherical: bool = False, verbose: bool = False,
-          process_group: Any = None) -> tuple[torch.Tensor, list[dict]]:
-    """Run ``niter`` Lloyd iterations on validated (B, N, d) data from (B, K, d) centroids.
-
-    ``centroids`` is updated in place and returned with the per-iteration statistics. With a
-    ``process_group``, x is this rank's shard and sums, counts and objectives are reduced over
-    the group, so every rank holds the centroids of the concatenated data.
-    """
-    # A backend may run the whole loop itself (one captured CUDA graph, x streamed from host
-    # memory); it returns None to leave the loop to this function.
-    if process_group is None and hasattr(backend, "run_lloyd"):
-        done = backend.run_lloyd(x, centroids, niter, precision, seed, spherical, verbose)
-        if done is not None:
-            return done
-    batch, n, _ = x.shape
-    k = centroids.shape[1]
-    if process_group is not None:
-        n = sum(_distributed.shard_sizes(n, x.device, process_group))
-    clock = IterationClock(x.device)
-    objs, imbalances, nsplits = [], [], []
-    for iteration in range(niter):
-        dist, labels = backend.assign(x, centroids, precision)
-        obj = dist.sum(-1, dtype=torch.float64)
-        counts = backend.update(x, labels, centroids)
-        if process_group is not None:
-            obj = _distributed.reduce_sum(obj, process_group)
-            counts = _distributed.reduce_update(centroids, counts, process_group)
-        objs.append(obj)
-        # faiss's imbalance factor: K * sum(size^2) / N^2 (1.0 when perfectly balanced).
-        imbalances.append(k * counts.double().square().sum(-1) / float(n) ** 2)
-        nsplits.append(backend.split(centroids, counts, seed, iteration))
-        if spherical:
-            centroids.div_(centroids.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        clock.mark()
-        if verbose:
-            print(f"  iteration {iteration}: objective={objs[-1].tolist()} "
-                  f"nsplit={nsplits[-1].tolist()}", flush=True)
-    times = clock.seconds()
-    history = []
-    if niter:
-        obj_rows = torch.stack(objs).cpu().numpy()
-        imb_rows = torch.stack(imbalances).cpu().numpy()
-        split_rows = torch.stack(nsplits).cpu().numpy()
-        for it in range(niter):
-            history.append({"obj": obj_rows[it], "time": times[it + 1],
-                            "imbalance_factor": imb_rows[it], "nsplit": split_rows[it]})
-    return centroids, history
-
-
 def _unbatch_history(history: list[dict]) -> list[dict]:
     return [{key: (value[0].item() if isinstance(value, np.ndarray) else value)
              for key, value in row.items()} for row in history]
@@ -119,17 +70,14 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
     """Validate and convert the inputs of a k-means run; returns batched tensors."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    _arrays.check_precision(precision)
+    check_precision(precision)
     xt, kind = _arrays.to_tensor(x)
     _arrays.check_points(xt, "x", d=d)
     batched = xt.dim() == 3
     xb = _arrays.as_batched(xt)
     if k > xb.shape[1] and process_group is None:  # across ranks: checked at init
         raise ValueError(f"k={k} is larger than the number of points N={xb.shape[1]}")
-    backend = get_backend(backend_name, xb.device)
-    if precision not in backend.precisions:
-        raise ValueError(f"backend {backend.name!r} supports precisions {backend.precisions}, "
-                         f"not {precision!r}")
+    backend = get_backend(backend_name, xb.device, precision)
     init = None
     if init_centroids is not None:
         it, _ = _arrays.to_tensor(init_centroids, "init_centroids")
@@ -159,7 +107,7 @@ def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spheric
                                              process_group)
     centroids, history = _train(xb, k, niter, init, impl, precision, seed, spherical,
                                 max_points_per_centroid, verbose, process_group, nredo)
-    dist, labels = impl.assign(xb, centroids, precision)
+    dist, labels = _rows.assign(impl, xb, centroids, precision)
     inertia = dist.sum(-1, dtype=torch.float64)
     if process_group is not None:
         inertia = _distributed.reduce_sum(inertia, process_group)
@@ -208,7 +156,7 @@ def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl
         history += [{**row, "time": row["time"] + elapsed} for row in run_history]
         if nredo == 1:
             return centroids, history
-        obj = impl.assign(sample, centroids, precision)[0].sum(-1, dtype=torch.float64)
+        obj = _rows.assign(impl, sample, centroids, precision)[0].sum(-1, dtype=torch.float64)
         if process_group is not None:
             obj = _distributed.reduce_sum(obj, process_group)
         if best is None:
@@ -244,10 +192,9 @@ class Kmeans:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         settings = {**self._OPTIONS, **options}
-        _arrays.check_precision(settings["precision"])
-        if settings["backend"] not in ("auto", "torch", "cpu", "triton", "cuda"):
-            raise ValueError(f"unknown backend {settings['backend']!r}; choose one of "
-                             "('auto', 'torch', 'cpu', 'triton', 'cuda')")
+        check_precision(settings["precision"])
+        if settings["backend"] not in NAMES:
+            raise ValueError(f"unknown backend {settings['backend']!r}; choose one of {NAMES}")
         self.d, self.k = int(d), int(k)
         self.niter = settings["niter"]
         self.seed = settings["seed"]
@@ -295,8 +242,8 @@ class Kmeans:
         if batched != self._batched or xb.shape[0] != self._centroids_t.shape[0]:
             raise ValueError(f"x has shape {tuple(xt.shape)} but the model was trained with "
                              f"centroids of shape {tuple(self.centroids.shape)}")
-        impl = get_backend(self.backend, xb.device)
-        dist, labels = impl.assign(xb, self._centroids_t.to(xb.device), self.precision)
+        impl = get_backend(self.backend, xb.device, self.precision)
+        dist, labels = _rows.assign(impl, xb, self._centroids_t, self.precision)
         if not batched:
             dist, labels = dist[0], labels[0]
         return kind.wrap(dist), kind.wrap(labels)

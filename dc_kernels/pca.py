@@ -5,7 +5,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _arrays, _distributed
+from . import _arrays, _distributed, _rows
 from .backends import get_backend
 
 
@@ -51,10 +51,12 @@ class PCAWhitening:
         if xt.shape[0] < 2 and self.process_group is None:
             raise ValueError(f"PCA needs at least 2 rows, got x of shape {tuple(xt.shape)}")
         impl = get_backend(self.backend, xt.device)
-        mean, cov = impl.covariance(xt.contiguous())
+        mean, cov = _rows.covariance(impl, xt.contiguous())
         if self.process_group is not None:
             mean, cov = _distributed.reduce_moments(mean, cov, xt.shape[0], self.process_group)
-        values, vectors = impl.top_eigh(cov, self.d_out)
+        # On the device the backend computes on (the GPU when host data was streamed).
+        compute = _rows.compute_device(impl, xt)
+        values, vectors = (t.to(xt.device) for t in impl.top_eigh(cov.to(compute), self.d_out))
         floor = max(float(values[0]), 0.0) * self.eigenvalue_floor
         values = values.clamp_min(floor if floor > 0 else torch.finfo(torch.float64).tiny)
         # Deterministic signs: the largest-magnitude component of each eigenvector is positive.
@@ -71,8 +73,7 @@ class PCAWhitening:
         xt, kind = _arrays.to_tensor(x)
         _arrays.check_points(xt, "x", d=self.d_in, batched_ok=False)
         impl = get_backend(self.backend, xt.device)
-        mean = self.mean.to(device=xt.device, dtype=torch.float32)
-        out = impl.pca_apply(xt.contiguous(), mean, self._proj.to(xt.device), self.normalize)
+        out = _rows.pca_apply(impl, xt.contiguous(), self.mean.float(), self._proj, self.normalize)
         return kind.wrap(out)
 
     apply_py = apply  # faiss.PCAMatrix spelling, so ported code keeps working

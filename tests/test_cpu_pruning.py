@@ -1,7 +1,7 @@
-"""The pruned Lloyd loop of the ``cpu`` backend (``CpuBackend.run_lloyd``) against the same
-backend's unpruned loop: identical labels, centroids, objectives and splits on every instruction
-set this CPU can run, on data that stresses the bounds (splits, exact ties, overlap), and proof
-that it does skip rows on clustered data (a counter, not a timing)."""
+"""The Lloyd driver with the ``cpu`` backend's pruned assignment (``CpuBackend.pruner``) against
+the same driver with the plain ``assign``: identical labels, centroids, objectives and splits on
+every instruction set this CPU can run, on data that stresses the bounds (splits, exact ties,
+overlap), and proof that it does skip rows on clustered data (a counter, not a timing)."""
 
 import numpy as np
 import pytest
@@ -104,12 +104,13 @@ def test_pruned_equals_unpruned_spherical(isa, monkeypatch):
 def test_pruning_skips_rows_on_clustered_data(monkeypatch):
     x, init = blobs(1, 4000, 200, 8, 0.05, seed=21)
     run(x, init, 10, True, monkeypatch)
-    skipped = get_backend("cpu", torch.device("cpu")).last_skipped[:, 0]
+    skipped = torch.stack(get_backend("cpu", torch.device("cpu")).last_skipped)[:, 0]
     assert skipped[0] == 0  # the first assignment has no bounds yet
     # Once the clusters have formed, nearly every row keeps its centroid provably.
     assert skipped[1:].sum() > 0.5 * 9 * 4000 and skipped[-1] > 0.9 * 4000, skipped.tolist()
 
 
-def test_small_problems_are_left_to_the_generic_loop():
-    x, init = blobs(1, 500, 40, 8, 0.3, seed=1)
-    assert CpuBackend().run_lloyd(x, init.clone(), 5, "fp32", 0, False, False) is None
+def test_small_problems_are_not_pruned():
+    x, _ = blobs(1, 500, 40, 8, 0.3, seed=1)
+    assert CpuBackend().pruner(x, 40) is None
+    assert CpuBackend().pruner(blobs(1, 500, 8, 8, 0.3, seed=1)[0].repeat(1, 2000, 1), 8) is None

@@ -1,6 +1,10 @@
 // pybind11 face of the CPU kernels: raw addresses (uintptr_t), sizes and a thread count. The
 // Python wrapper (dc_kernels/backends/cpu.py) has already checked shapes, dtypes, contiguity
 // and devices; the kernels run without the GIL.
+//
+// Calling convention, shared with the CUDA extension (csrc/cuda/bindings.cpp): arrays first
+// (inputs, then outputs), then sizes, then the step's scalars, then what only this extension
+// takes (nthreads); every argument is named, and dc_kernels calls them by keyword only.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -8,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "contract.h"
 #include "gemm_tile.h"
 #include "kmeans.h"
 #include "pca.h"
@@ -31,73 +36,72 @@ PYBIND11_MODULE(_cpu, m) {
 
   m.def(
       "assign",
-      [](uintptr_t x, uintptr_t centroids, int64_t batch, int64_t n, int64_t k, int64_t d,
-         uintptr_t dist, uintptr_t labels, int nthreads) {
+      [](uintptr_t x, uintptr_t centroids, uintptr_t dist, uintptr_t labels, int64_t batch,
+         int64_t n, int64_t k, int64_t d, int nthreads) {
         py::gil_scoped_release release;
-        dc::assign(ptr<const float>(x), ptr<const float>(centroids), batch, n, k, d,
-                   ptr<float>(dist), ptr<int64_t>(labels), threads(nthreads));
+        dc::assign(ptr<const float>(x), ptr<const float>(centroids), ptr<float>(dist),
+                   ptr<int64_t>(labels), batch, n, k, d, threads(nthreads));
       },
-      py::arg("x"), py::arg("centroids"), py::arg("batch"), py::arg("n"), py::arg("k"),
-      py::arg("d"), py::arg("dist"), py::arg("labels"), py::arg("nthreads"),
+      py::kw_only(), py::arg("x"), py::arg("centroids"), py::arg("dist"), py::arg("labels"),
+      py::arg("batch"), py::arg("n"), py::arg("k"), py::arg("d"), py::arg("nthreads"),
       "Nearest centroid: x (B,N,d) f32, centroids (B,K,d) f32 -> dist (B,N) f32, labels i64.");
 
   m.def(
-      "update",
-      [](uintptr_t x, uintptr_t labels, uintptr_t centroids, uintptr_t counts, int64_t batch,
+      "cluster_sums",
+      [](uintptr_t x, uintptr_t labels, uintptr_t sums, uintptr_t counts, int64_t batch,
          int64_t n, int64_t k, int64_t d, int nthreads) {
         py::gil_scoped_release release;
-        dc::update(ptr<const float>(x), ptr<const int64_t>(labels), ptr<float>(centroids),
-                   ptr<int64_t>(counts), batch, n, k, d, threads(nthreads));
+        dc::cluster_sums(ptr<const float>(x), ptr<const int64_t>(labels), ptr<float>(sums),
+                         ptr<int64_t>(counts), batch, n, k, d, threads(nthreads));
       },
-      py::arg("x"), py::arg("labels"), py::arg("centroids"), py::arg("counts"),
+      py::kw_only(), py::arg("x"), py::arg("labels"), py::arg("sums"), py::arg("counts"),
       py::arg("batch"), py::arg("n"), py::arg("k"), py::arg("d"), py::arg("nthreads"),
-      "Centroids (B,K,d) <- cluster means (empty clusters unchanged); counts (B,K) i64.");
+      "sums (B,K,d) f32 and counts (B,K) i64 += the rows and sizes of each label's cluster.");
 
   m.def(
       "split",
-      [](uintptr_t centroids, uintptr_t counts, int64_t batch, int64_t k, int64_t d,
-         uint64_t seed, uint64_t iteration, uintptr_t nsplit) {
+      [](uintptr_t centroids, uintptr_t counts, uintptr_t nsplit, int64_t batch, int64_t k,
+         int64_t d, uint64_t seed, uint64_t iteration) {
         py::gil_scoped_release release;
-        dc::split(ptr<float>(centroids), ptr<int64_t>(counts), batch, k, d, seed, iteration,
-                  ptr<int64_t>(nsplit));
+        dc::split(ptr<float>(centroids), ptr<int64_t>(counts), ptr<int64_t>(nsplit), batch, k,
+                  d, seed, iteration);
       },
-      py::arg("centroids"), py::arg("counts"), py::arg("batch"), py::arg("k"), py::arg("d"),
-      py::arg("seed"), py::arg("iteration"), py::arg("nsplit"),
+      py::kw_only(), py::arg("centroids"), py::arg("counts"), py::arg("nsplit"),
+      py::arg("batch"), py::arg("k"), py::arg("d"), py::arg("seed"), py::arg("iteration"),
       "Split empty clusters in place; nsplit (B,) i64.");
 
   m.def(
       "assign_pruned",
-      [](uintptr_t x, uintptr_t centroids, uintptr_t previous, bool first, int64_t batch,
-         int64_t n, int64_t k, int64_t d, uintptr_t dist, uintptr_t labels, uintptr_t lower,
-         uintptr_t xnorm, uintptr_t skipped, int nthreads) {
+      [](uintptr_t x, uintptr_t centroids, uintptr_t previous, uintptr_t dist, uintptr_t labels,
+         uintptr_t lower, uintptr_t xnorm, uintptr_t skipped, int64_t batch, int64_t n,
+         int64_t k, int64_t d, bool first, int nthreads) {
         py::gil_scoped_release release;
         dc::assign_pruned(ptr<const float>(x), ptr<const float>(centroids),
-                          ptr<const float>(previous), first, batch, n, k, d, ptr<float>(dist),
-                          ptr<int64_t>(labels), ptr<double>(lower), ptr<double>(xnorm),
-                          ptr<int64_t>(skipped), threads(nthreads));
+                          ptr<const float>(previous), ptr<float>(dist), ptr<int64_t>(labels),
+                          ptr<double>(lower), ptr<double>(xnorm), ptr<int64_t>(skipped), batch,
+                          n, k, d, first, threads(nthreads));
       },
-      py::arg("x"), py::arg("centroids"), py::arg("previous"), py::arg("first"),
-      py::arg("batch"), py::arg("n"), py::arg("k"), py::arg("d"), py::arg("dist"),
+      py::kw_only(), py::arg("x"), py::arg("centroids"), py::arg("previous"), py::arg("dist"),
       py::arg("labels"), py::arg("lower"), py::arg("xnorm"), py::arg("skipped"),
+      py::arg("batch"), py::arg("n"), py::arg("k"), py::arg("d"), py::arg("first"),
       py::arg("nthreads"),
       "assign() with bounds kept between calls (lower, xnorm (B,N) f64; labels the state); "
       "skipped (B,) i64: rows whose full assignment was skipped.");
 
-  m.def("split_draw", &dc::split_draw, py::arg("seed"), py::arg("iteration"),
-        py::arg("cluster"), "splitmix64 draw of the empty-cluster split (seed as uint64).");
-
   m.def(
       "pca_apply",
-      [](uintptr_t x, int64_t n, int64_t d_in, uintptr_t mean, uintptr_t proj, int64_t d_out,
-         bool normalize, uintptr_t out, int nthreads) {
+      [](uintptr_t x, uintptr_t mean, uintptr_t proj, uintptr_t out, int64_t n, int64_t d_in,
+         int64_t d_out, bool normalize, int nthreads) {
         py::gil_scoped_release release;
-        dc::pca_apply(ptr<const float>(x), n, d_in, ptr<const float>(mean),
-                      ptr<const float>(proj), d_out, normalize, ptr<float>(out),
-                      threads(nthreads));
+        dc::pca_apply(ptr<const float>(x), ptr<const float>(mean), ptr<const float>(proj),
+                      ptr<float>(out), n, d_in, d_out, normalize, threads(nthreads));
       },
-      py::arg("x"), py::arg("n"), py::arg("d_in"), py::arg("mean"), py::arg("proj"),
-      py::arg("d_out"), py::arg("normalize"), py::arg("out"), py::arg("nthreads"),
+      py::kw_only(), py::arg("x"), py::arg("mean"), py::arg("proj"), py::arg("out"),
+      py::arg("n"), py::arg("d_in"), py::arg("d_out"), py::arg("normalize"), py::arg("nthreads"),
       "out (N,d_out) = (x - mean) @ proj, rows L2-normalised when normalize.");
+
+  m.def("split_draw", &dc::split_draw, py::arg("seed"), py::arg("iteration"),
+        py::arg("cluster"), "splitmix64 draw of the empty-cluster split (seed as uint64).");
 
   m.def("isa", [] { return std::string(dc::isa_name(dc::active_isa())); },
         "Instruction set the kernels use now.");

@@ -1,5 +1,6 @@
 // k-means steps of the CPU backend: fused assignment (tile engine + argmin epilogue), centroid
-// update (per-thread partial sums, then a reduction over clusters) and the empty-cluster split.
+// cluster sums (per-thread partial sums, then a reduction over clusters) and the empty-cluster
+// split.
 #include "kmeans.h"
 
 #include <omp.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "assign_core.h"
+#include "contract.h"
 #include "gemm_tile.h"
 
 namespace dc {
@@ -89,8 +91,8 @@ Nearest settle_row(const Microkernel& mk, const float* xr, const float* c, const
   return out;
 }
 
-void assign(const float* x, const float* centroids, int64_t batch, int64_t n, int64_t k,
-            int64_t d, float* dist, int64_t* labels, int nthreads) {
+void assign(const float* x, const float* centroids, float* dist, int64_t* labels, int64_t batch,
+            int64_t n, int64_t k, int64_t d, int nthreads) {
   const Microkernel& mk = microkernel(active_isa());
   const int64_t npanels = (k + mk.nr - 1) / mk.nr;
   const int64_t kpad = npanels * mk.nr;
@@ -135,11 +137,13 @@ void assign(const float* x, const float* centroids, int64_t batch, int64_t n, in
   }
 }
 
-// Add rows [i0, i1) of one problem into sums (k x d) and cnt (k).
+// Add rows [i0, i1) of one problem into sums (k x d) and cnt (k). A label outside [0, k) (only
+// a caller bypassing assign can make one) is skipped rather than written out of bounds.
 static void accumulate_rows(const float* x, const int64_t* labels, int64_t i0, int64_t i1,
-                            int64_t d, float* sums, int64_t* cnt) {
+                            int64_t k, int64_t d, float* sums, int64_t* cnt) {
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t j = labels[i];
+    if (j < 0 || j >= k) continue;
     float* s = sums + j * d;
     const float* xi = x + i * d;
     for (int64_t t = 0; t < d; ++t) s[t] += xi[t];
@@ -147,86 +151,59 @@ static void accumulate_rows(const float* x, const int64_t* labels, int64_t i0, i
   }
 }
 
-// centroid = sum / count for a non-empty cluster; an empty one keeps its previous centroid.
-static void finish_cluster(const float* sum, int64_t count, int64_t d, float* centroid) {
-  if (count == 0) return;
-  const float denom = static_cast<float>(count);
-  for (int64_t t = 0; t < d; ++t) centroid[t] = sum[t] / denom;
-}
-
-void update(const float* x, const int64_t* labels, float* centroids, int64_t* counts,
-            int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads) {
+void cluster_sums(const float* x, const int64_t* labels, float* sums, int64_t* counts,
+                  int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads) {
   // Memory-bound (one add per element of x): serial below ~4M elements, about 1 ms.
   constexpr double kSerialUpdateWork = 4194304.0;  // 2^22
   nthreads = threads_for(static_cast<double>(batch) * n * d, kSerialUpdateWork, nthreads);
-  FloatBuffer partial = alloc_floats(static_cast<size_t>(nthreads * k * d));
   if (batch >= nthreads) {
     // Enough problems to go round: each thread owns whole problems, no barrier inside.
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b) {
-      const int tid = omp_get_thread_num();
-      float* sums = partial.get() + tid * k * d;
-      int64_t* nb = counts + b * k;
-      std::fill(sums, sums + k * d, 0.0f);
-      std::fill(nb, nb + k, 0);
-      accumulate_rows(x + b * n * d, labels + b * n, 0, n, d, sums, nb);
-      for (int64_t j = 0; j < k; ++j) {
-        finish_cluster(sums + j * d, nb[j], d, centroids + (b * k + j) * d);
-      }
+      accumulate_rows(x + b * n * d, labels + b * n, 0, n, k, d, sums + b * k * d,
+                      counts + b * k);
     }
     return;
   }
+  FloatBuffer partial = alloc_floats(static_cast<size_t>(nthreads * k * d));
   std::vector<int64_t> partial_counts(static_cast<size_t>(nthreads * k));
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t* lb = labels + b * n;
-    int64_t* nb = counts + b * k;
 #pragma omp parallel num_threads(nthreads)
     {
       const int tid = omp_get_thread_num();
       const int used = omp_get_num_threads();
-      float* sums = partial.get() + tid * k * d;
+      float* part = partial.get() + tid * k * d;
       int64_t* cnt = partial_counts.data() + tid * k;
-      std::fill(sums, sums + k * d, 0.0f);
+      std::fill(part, part + k * d, 0.0f);
       std::fill(cnt, cnt + k, 0);
       // Static row ranges: each thread sums its own rows, so the result does not depend on
       // scheduling, only on the thread count.
       const int64_t i0 = n * tid / used, i1 = n * (tid + 1) / used;
-      accumulate_rows(x + b * n * d, lb, i0, i1, d, sums, cnt);
+      accumulate_rows(x + b * n * d, lb, i0, i1, k, d, part, cnt);
 #pragma omp barrier
-      // Reduce the partial sums over threads, in thread order, one cluster range per thread.
+      // Reduce the partial sums over threads, in thread order, one cluster range per thread,
+      // and add the totals to the caller's sums.
       const int64_t j0 = k * tid / used, j1 = k * (tid + 1) / used;
       for (int64_t j = j0; j < j1; ++j) {
         int64_t total = 0;
         for (int th = 0; th < used; ++th) total += partial_counts[th * k + j];
-        nb[j] = total;
+        counts[b * k + j] += total;
         if (total == 0) continue;
         float* first = partial.get() + j * d;
         for (int th = 1; th < used; ++th) {
           const float* other = partial.get() + (th * k + j) * d;
           for (int64_t t = 0; t < d; ++t) first[t] += other[t];
         }
-        finish_cluster(first, total, d, centroids + (b * k + j) * d);
+        float* out = sums + (b * k + j) * d;
+        for (int64_t t = 0; t < d; ++t) out[t] += first[t];
       }
     }
   }
 }
 
-static uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t split_draw(uint64_t seed, uint64_t iteration, uint64_t cluster) {
-  return mix64(mix64(mix64(seed) ^ iteration) ^ cluster);
-}
-
-// Relative perturbation of a split pair, as in faiss; equal to reference.SPLIT_EPS.
-constexpr float kSplitEps = 1.0f / 1024.0f;
-
-void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t d,
-           uint64_t seed, uint64_t iteration, int64_t* nsplit) {
+void split(float* centroids, int64_t* counts, int64_t* nsplit, int64_t batch, int64_t k,
+           int64_t d, uint64_t seed, uint64_t iteration) {
   // Multipliers of the copy (grow) and of the donor (shrink): +eps on even coordinates, -eps
   // on odd ones, both exactly representable, so the products round like the reference's.
   std::vector<float> grow(static_cast<size_t>(d)), shrink(static_cast<size_t>(d));

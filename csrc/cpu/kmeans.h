@@ -11,20 +11,17 @@ namespace dc {
 // error of that expression, their direct distances decide (so labels match float64 more often
 // than the expanded form alone can). dist[b, i] = sum((x_i - c_label)^2) computed directly in
 // fp32, so it carries no cancellation error.
-void assign(const float* x, const float* centroids, int64_t batch, int64_t n, int64_t k,
-            int64_t d, float* dist, int64_t* labels, int nthreads);
+void assign(const float* x, const float* centroids, float* dist, int64_t* labels, int64_t batch,
+            int64_t n, int64_t k, int64_t d, int nthreads);
 
-// counts[b, j] = |{i: labels[b, i] == j}|; centroids[b, j] = mean of its points when the
-// cluster is non-empty, unchanged otherwise. Labels must lie in [0, k).
-void update(const float* x, const int64_t* labels, float* centroids, int64_t* counts,
-            int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads);
+// Adds every row of x into sums[b, labels[b, i]] and 1 into counts[b, labels[b, i]] (both
+// accumulated into, not zeroed); labels outside [0, k) are skipped.
+void cluster_sums(const float* x, const int64_t* labels, float* sums, int64_t* counts,
+                  int64_t batch, int64_t n, int64_t k, int64_t d, int nthreads);
 
 // Split empty clusters in place (the shared semantics of TorchBackend.split); nsplit[b] is the
-// number of clusters split in problem b.
-void split(float* centroids, int64_t* counts, int64_t batch, int64_t k, int64_t d,
-           uint64_t seed, uint64_t iteration, int64_t* nsplit);
-
-// The splitmix64 draw shared by every backend (reference.split_draw).
-uint64_t split_draw(uint64_t seed, uint64_t iteration, uint64_t cluster);
+// number of clusters split in problem b. The draw and eps come from contract.h.
+void split(float* centroids, int64_t* counts, int64_t* nsplit, int64_t batch, int64_t k,
+           int64_t d, uint64_t seed, uint64_t iteration);
 
 }  // namespace dc

@@ -11,8 +11,8 @@
 
 namespace dc {
 
-void pca_apply(const float* x, int64_t n, int64_t d_in, const float* mean, const float* proj,
-               int64_t d_out, bool normalize, float* out, int nthreads) {
+void pca_apply(const float* x, const float* mean, const float* proj, float* out, int64_t n,
+               int64_t d_in, int64_t d_out, bool normalize, int nthreads) {
   const Microkernel& mk = microkernel(active_isa());
   const int64_t npanels = (d_out + mk.nr - 1) / mk.nr;
   const int64_t panel_floats = d_in * mk.nr;

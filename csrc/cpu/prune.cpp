@@ -109,9 +109,9 @@ std::vector<int64_t> mover_counts(int64_t k, int nr) {
 
 }  // namespace
 
-void assign_pruned(const float* x, const float* centroids, const float* previous, bool first,
-                   int64_t batch, int64_t n, int64_t k, int64_t d, float* dist, int64_t* labels,
-                   double* lower, double* xnorm, int64_t* skipped, int nthreads) {
+void assign_pruned(const float* x, const float* centroids, const float* previous, float* dist,
+                   int64_t* labels, double* lower, double* xnorm, int64_t* skipped,
+                   int64_t batch, int64_t n, int64_t k, int64_t d, bool first, int nthreads) {
   const Microkernel& mk = microkernel(active_isa());
   const int row_threads = threads_for(static_cast<double>(n) * d, kSerialRowWork, nthreads);
   const int64_t npanels = (k + mk.nr - 1) / mk.nr;

@@ -13,8 +13,8 @@ namespace dc {
 // (the squared norm of the row). ``first``: no state yet (every row is computed and the state
 // is filled); otherwise ``previous`` are the centroids of the last call, whose moves loosen the
 // bounds. skipped[b]: rows of problem b whose full assignment was skipped.
-void assign_pruned(const float* x, const float* centroids, const float* previous, bool first,
-                   int64_t batch, int64_t n, int64_t k, int64_t d, float* dist, int64_t* labels,
-                   double* lower, double* xnorm, int64_t* skipped, int nthreads);
+void assign_pruned(const float* x, const float* centroids, const float* previous, float* dist,
+                   int64_t* labels, double* lower, double* xnorm, int64_t* skipped,
+                   int64_t batch, int64_t n, int64_t k, int64_t d, bool first, int nthreads);
 
 }  // namespace dc

@@ -291,9 +291,9 @@ void launch_mma(const T* x, const float* c, const float* csq, float* dist, int64
 
 }  // namespace
 
-void assign(uintptr_t x, const std::string& x_dtype, uintptr_t centroids, uintptr_t c_sqnorm,
-            uintptr_t dist, uintptr_t labels, int64_t batch, int64_t n, int64_t k, int64_t d,
-            const std::string& precision, uintptr_t stream) {
+void assign(uintptr_t x, uintptr_t centroids, uintptr_t dist, uintptr_t labels, int64_t batch,
+            int64_t n, int64_t k, int64_t d, const std::string& x_dtype,
+            const std::string& precision, uintptr_t c_sqnorm, uintptr_t stream) {
   check_sizes("assign", batch, n, k, d);
   const DType dtype = parse_dtype(x_dtype);
   if (precision != "fp32" && precision != "tf32" && precision != "bf16" && precision != "fp16") {

@@ -190,8 +190,8 @@ __global__ void __launch_bounds__(kFmaThreads)
 
 }  // namespace
 
-void covariance(uintptr_t x, const std::string& x_dtype, uintptr_t mean, uintptr_t cov,
-                int64_t n, int64_t d, uintptr_t stream) {
+void covariance(uintptr_t x, uintptr_t mean, uintptr_t cov, int64_t n, int64_t d,
+                const std::string& x_dtype, uintptr_t stream) {
   check_sizes("covariance", 1, n, 1, d);
   const DType dtype = parse_dtype(x_dtype);
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -235,8 +235,8 @@ void covariance(uintptr_t x, const std::string& x_dtype, uintptr_t mean, uintptr
   DC_CHECK_LAUNCH("symmetrize_kernel");
 }
 
-void pca_apply(uintptr_t x, const std::string& x_dtype, uintptr_t mean, uintptr_t proj,
-               uintptr_t out, int64_t n, int64_t d_in, int64_t d_out, bool normalize,
+void pca_apply(uintptr_t x, uintptr_t mean, uintptr_t proj, uintptr_t out, int64_t n,
+               int64_t d_in, int64_t d_out, bool normalize, const std::string& x_dtype,
                uintptr_t stream) {
   check_sizes("pca_apply", 1, n, d_out, d_in);
   const DType dtype = parse_dtype(x_dtype);

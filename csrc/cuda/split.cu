@@ -11,6 +11,7 @@
 // (the donor keeps count - count / 2 >= 1), so the clusters to visit are exactly the ones
 // empty at the start, each visited once.
 #include "common.cuh"
+#include "contract.h"
 #include "kernels.h"
 
 namespace dc {
@@ -19,21 +20,8 @@ namespace {
 constexpr int kSplitThreads = 1024;
 constexpr int kSplitWarps = kSplitThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
-// 1 +- 2^-10, exact in fp32, as reference.SPLIT_EPS.
-constexpr float kGrow = 1.0f + 1.0f / 1024.0f;
-constexpr float kShrink = 1.0f - 1.0f / 1024.0f;
-
-__host__ __device__ inline uint64_t mix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-__host__ __device__ inline uint64_t donor_draw(uint64_t seed, uint64_t iteration,
-                                               uint64_t cluster) {
-  return mix64(mix64(mix64(seed) ^ iteration) ^ cluster);
-}
+constexpr float kGrow = 1.0f + kSplitEps;
+constexpr float kShrink = 1.0f - kSplitEps;
 
 __device__ __forceinline__ long long weight(long long count) { return count > 1 ? count - 1 : 0; }
 
@@ -85,12 +73,14 @@ __device__ unsigned long long block_exclusive_scan(unsigned long long v, unsigne
 __global__ void __launch_bounds__(kSplitThreads)
     split_kernel(float* __restrict__ centroids, long long* __restrict__ counts,
                  long long* __restrict__ nsplit, int k, int d, uint64_t seed,
-                 uint64_t iteration) {
+                 uint64_t iteration, const long long* __restrict__ iteration_on_device) {
   static_assert(kSplitWarps == 32, "block_min and the scan assume 32 warps");
   __shared__ int red_int[kSplitWarps];
   __shared__ unsigned long long red_sum[kSplitWarps];
   __shared__ int s_donor;
   const int b = blockIdx.x;
+  // Inside a captured CUDA graph the iteration lives on the device (one graph, every iteration).
+  if (iteration_on_device != nullptr) iteration = static_cast<uint64_t>(*iteration_on_device);
   centroids += static_cast<int64_t>(b) * k * d;
   counts += static_cast<int64_t>(b) * k;
 
@@ -112,7 +102,7 @@ __global__ void __launch_bounds__(kSplitThreads)
     unsigned long long total;
     const unsigned long long offset = block_exclusive_scan(my_weight, red_sum, &total);
     if (total == 0) break;  // every cluster has at most one point: nothing can donate
-    const unsigned long long r = donor_draw(seed, iteration, static_cast<uint64_t>(j)) % total;
+    const unsigned long long r = split_draw(seed, iteration, static_cast<uint64_t>(j)) % total;
     if (my_weight > 0 && offset <= r && r < offset + my_weight) {
       unsigned long long running = offset;
       for (int m = begin; m < end; ++m) {
@@ -161,18 +151,15 @@ __global__ void __launch_bounds__(kSplitThreads)
 }  // namespace
 
 void split(uintptr_t centroids, uintptr_t counts, uintptr_t nsplit, int64_t batch, int64_t k,
-           int64_t d, uint64_t seed, uint64_t iteration, uintptr_t stream) {
+           int64_t d, uint64_t seed, uint64_t iteration, uintptr_t iteration_on_device,
+           uintptr_t stream) {
   check_sizes("split", batch, 1, k, d);
   split_kernel<<<static_cast<unsigned>(batch), kSplitThreads, 0,
                  reinterpret_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<float*>(centroids), reinterpret_cast<long long*>(counts),
       reinterpret_cast<long long*>(nsplit), static_cast<int>(k), static_cast<int>(d), seed,
-      iteration);
+      iteration, reinterpret_cast<const long long*>(iteration_on_device));
   DC_CHECK_LAUNCH("split_kernel");
-}
-
-uint64_t split_draw(uint64_t seed, uint64_t iteration, uint64_t cluster) {
-  return donor_draw(seed, iteration, cluster);
 }
 
 }  // namespace dc

@@ -1,5 +1,5 @@
-// Update: per-cluster sums and sizes, then centroids = sums / sizes for non-empty clusters
-// (empty clusters keep their centroid; the split step deals with them).
+// Cluster sums: every row added into its cluster's sum, 1 into its count (both accumulated into,
+// so that rows may arrive in chunks; the division by the counts is dc_kernels' finalize).
 //
 // One warp per point adds the row into its cluster's sum. When the sums of all K clusters fit
 // in shared memory, a block first aggregates its points there (shared atomics) and adds its
@@ -62,31 +62,16 @@ __global__ void __launch_bounds__(kUpdateThreads)
   }
 }
 
-// centroid = sum / count where count > 0 (true division, as the reference).
-__global__ void finalize_kernel(const float* __restrict__ sums,
-                                const unsigned long long* __restrict__ counts,
-                                float* __restrict__ centroids, int64_t total, int d) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += stride) {
-    const unsigned long long count = counts[i / d];
-    if (count != 0) centroids[i] = sums[i] / static_cast<float>(count);
-  }
-}
-
 }  // namespace
 
-void update(uintptr_t x, const std::string& x_dtype, uintptr_t labels, uintptr_t centroids,
-            uintptr_t sums, uintptr_t counts, int64_t batch, int64_t n, int64_t k, int64_t d,
-            uintptr_t stream) {
-  check_sizes("update", batch, n, k, d);
+void cluster_sums(uintptr_t x, uintptr_t labels, uintptr_t sums, uintptr_t counts, int64_t batch,
+                  int64_t n, int64_t k, int64_t d, const std::string& x_dtype,
+                  uintptr_t stream) {
+  check_sizes("cluster_sums", batch, n, k, d);
   const DType dtype = parse_dtype(x_dtype);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   auto* sum_p = reinterpret_cast<float*>(sums);
   auto* count_p = reinterpret_cast<unsigned long long*>(counts);
-  DC_CUDA_CHECK(cudaMemsetAsync(sum_p, 0, sizeof(float) * batch * k * d, s));
-  DC_CUDA_CHECK(cudaMemsetAsync(count_p, 0, sizeof(int64_t) * batch * k, s));
-
   const int64_t shared_bytes = (k * d + k) * 4;
   const bool use_shared = shared_bytes <= kSharedLimit;
   const int sms = sm_count();
@@ -112,14 +97,6 @@ void update(uintptr_t x, const std::string& x_dtype, uintptr_t labels, uintptr_t
       DC_CHECK_LAUNCH("accumulate_kernel<global>");
     }
   });
-
-  const int64_t total = batch * k * d;
-  const int64_t blocks = (total + kUpdateThreads - 1) / kUpdateThreads;
-  const int64_t max_blocks = 16LL * sms;
-  finalize_kernel<<<static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks),
-                    kUpdateThreads, 0, s>>>(sum_p, count_p,
-                                            reinterpret_cast<float*>(centroids), total, di);
-  DC_CHECK_LAUNCH("update finalize_kernel");
 }
 
 }  // namespace dc

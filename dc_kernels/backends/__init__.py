@@ -1,4 +1,4 @@
-"""Backend registry: name -> implementation, availability, and the ``auto`` choice.
+"""Backend registry: one table of what exists, availability, and the ``auto`` choice.
 
 Every backend implements the steps of ``TorchBackend`` (the reference, in ``reference.py``) with the
 same contract; a backend module is imported only when asked for, so a missing optional package
@@ -7,33 +7,52 @@ same contract; a backend module is imported only when asked for, so a missing op
 
 import importlib
 import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .reference import TorchBackend
+from ..contract import PRECISIONS
+
+if TYPE_CHECKING:
+    from .reference import TorchBackend
 
 log = logging.getLogger("dc_kernels")
 
-_CLASSES = {
-    "torch": ("dc_kernels.backends.reference", "TorchBackend"),
-    "cpu": ("dc_kernels.backends.cpu", "CpuBackend"),
-    "triton": ("dc_kernels.backends.triton", "TritonBackend"),
-    "cuda": ("dc_kernels.backends.cuda", "CudaBackend"),
-}
-NAMES = ("auto", *_CLASSES)
-# Fastest first, per device type.
-AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
-_instances: dict[str, TorchBackend] = {}
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    module: str
+    cls: str
+    devices: tuple[str, ...]     # device types ``auto`` considers it for
+    precisions: tuple[str, ...]  # of the nearest-centroid search
 
 
-def _backend_class(name: str) -> tuple[type[TorchBackend] | None, str]:
-    module_name, class_name = _CLASSES[name]
+# In ``auto``'s order, fastest first as bench/kmeans_bench.py measured (H200, 1.28M x 256 into
+# 10k: triton 2.5x (fp32) to 7.5x (fp16) faster than cuda; README). DC_KERNELS_AUTO_ORDER
+# (e.g. "cuda,triton,torch") replaces the order; backends it does not name are not tried.
+TABLE = (
+    Entry("triton", "dc_kernels.backends.triton", "TritonBackend", ("cuda",), PRECISIONS),
+    Entry("cuda", "dc_kernels.backends.cuda", "CudaBackend", ("cuda",), PRECISIONS),
+    Entry("cpu", "dc_kernels.backends.cpu", "CpuBackend", ("cpu",), ("fp32",)),
+    Entry("torch", "dc_kernels.backends.reference", "TorchBackend", ("cpu", "cuda"), PRECISIONS),
+)
+ENTRIES = {entry.name: entry for entry in TABLE}
+NAMES = ("auto", *ENTRIES)
+AUTO_ORDER_VARIABLE = "DC_KERNELS_AUTO_ORDER"
+
+_instances: dict[str, "TorchBackend"] = {}
+
+
+def _backend_class(name: str) -> tuple[type["TorchBackend"] | None, str]:
+    entry = ENTRIES[name]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(entry.module)
     except ImportError as exc:
-        return None, f"cannot import {module_name}: {exc}"
-    return getattr(module, class_name), ""
+        return None, f"cannot import {entry.module}: {exc}"
+    return getattr(module, entry.cls), ""
 
 
 def unavailable_reason(name: str, device: torch.device) -> str:
@@ -42,22 +61,42 @@ def unavailable_reason(name: str, device: torch.device) -> str:
     return why if cls is None else cls.unavailable_reason(device)
 
 
-def get_backend(name: str, device: torch.device) -> TorchBackend:
-    """The backend called ``name`` for data on ``device``; 'auto' picks the fastest there."""
+def auto_order(device: torch.device) -> list[str]:
+    """The backends ``auto`` tries for data on ``device``, in order."""
+    names = list(ENTRIES)
+    override = os.environ.get(AUTO_ORDER_VARIABLE, "").strip()
+    if override:
+        names = [name.strip() for name in override.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(ENTRIES))
+        if unknown:
+            raise ValueError(f"{AUTO_ORDER_VARIABLE}={override!r} names unknown backends "
+                             f"{unknown}; choose from {tuple(ENTRIES)}")
+    return [name for name in names if device.type in ENTRIES[name].devices]
+
+
+def get_backend(name: str, device: torch.device, precision: str | None = None) -> "TorchBackend":
+    """The backend called ``name`` for data on ``device``; 'auto' picks the first of
+    ``auto_order`` that runs there and has ``precision``."""
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {NAMES}")
     if name == "auto":
         reasons = []
-        for candidate in AUTO_ORDER.get(device.type, ("torch",)):
+        for candidate in auto_order(device):
             why = unavailable_reason(candidate, device)
+            if not why and precision is not None and precision not in ENTRIES[candidate].precisions:
+                why = f"no {precision} precision"
             if not why:
                 log.info("dc_kernels: backend 'auto' chose %r on %s", candidate, device)
                 return get_backend(candidate, device)
             reasons.append(f"{candidate}: {why}")
-        raise ValueError(f"no backend can run on {device}: " + "; ".join(reasons))
+        where = f"{device}" if precision is None else f"{device} in {precision}"
+        raise ValueError(f"no backend can run on {where}: " + "; ".join(reasons))
     why = unavailable_reason(name, device)
     if why:
         raise ValueError(f"backend {name!r} cannot run on {device}: {why}")
+    if precision is not None and precision not in ENTRIES[name].precisions:
+        raise ValueError(f"backend {name!r} supports precisions {ENTRIES[name].precisions}, "
+                         f"not {precision!r}")
     if name not in _instances:
         cls, _ = _backend_class(name)
         _instances[name] = cls()
@@ -73,7 +112,7 @@ def available_backends() -> dict[str, dict]:
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     table = {}
-    for name in _CLASSES:
+    for name in ENTRIES:
         reasons = {dev.type: unavailable_reason(name, dev) for dev in devices}
         ok = [dev for dev, why in reasons.items() if not why]
         table[name] = {

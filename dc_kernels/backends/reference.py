@@ -1,18 +1,20 @@
 """The torch backend: the readable reference every other backend is tested against.
 
 It is also the base class of the other backends, which override the steps they accelerate.
-The contract of each step (shapes, dtypes, in-place effects) is written here once.
+The contract of each step (shapes, dtypes, in-place effects) is written here once; the Lloyd
+loop that runs the steps is dc_kernels._lloyd, the same for every backend.
 
 All point arrays are batched: ``x`` is (B, N, d) and ``centroids`` is (B, K, d) float32,
 both contiguous and on the same device; B independent problems never mix.
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
-from ..contract import PRECISIONS, SPLIT_EPS, split_draw
+from ..contract import SPLIT_EPS, split_draw
+from . import ENTRIES
 
 # Rows per matmul tile are chosen so that a tile of distances holds at most this many entries.
 TILE_ENTRIES = 1 << 24
@@ -49,7 +51,12 @@ class TorchBackend:
     """Chunked torch implementation of every step; runs on any device torch supports."""
 
     name = "torch"
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = ENTRIES["torch"].precisions
+    # No step reads a value back to the host and ``split`` takes the iteration as a one-element
+    # int64 device tensor too: the driver may capture an iteration in a CUDA graph.
+    capturable = False
+    # Given rows in host memory, the steps run on the GPU: the driver streams the rows to it.
+    streams_host_data = False
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str:
@@ -94,30 +101,48 @@ class TorchBackend:
                     labels[b, start:start + rows] = idx
         return dist, labels
 
+    def cluster_sums(self, x: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor,
+                     counts: torch.Tensor) -> None:
+        """Add every row of x (B, N, d) into ``sums`` (B, K, d) float32 at its label (B, N)
+        int64, and 1 into ``counts`` (B, K) int64; both contiguous, accumulated into (not
+        zeroed), so that rows may come in chunks and from several ranks."""
+        batch, n, d = x.shape
+        k = sums.shape[1]
+        flat = (labels + torch.arange(batch, device=x.device).unsqueeze(1) * k).reshape(-1)
+        flat_sums = sums.view(batch * k, d)
+        rows = max(1, TILE_ENTRIES // d)
+        x_flat = x.reshape(-1, d)
+        for start in range(0, batch * n, rows):
+            flat_sums.index_add_(0, flat[start:start + rows], x_flat[start:start + rows].float())
+        counts.view(-1).add_(torch.bincount(flat, minlength=batch * k))
+
+    @staticmethod
+    def finalize(sums: torch.Tensor, counts: torch.Tensor, centroids: torch.Tensor) -> None:
+        """centroids = sums / counts (a true fp32 division) where counts > 0, in place; empty
+        clusters keep their centroid. The same torch code for every backend."""
+        means = sums / counts.clamp_min(1).unsqueeze(-1).to(torch.float32)
+        centroids.copy_(torch.where((counts > 0).unsqueeze(-1), means, centroids))
+
     def update(self, x: torch.Tensor, labels: torch.Tensor,
                centroids: torch.Tensor) -> torch.Tensor:
         """Overwrite ``centroids`` with the mean of their points; empty clusters keep theirs.
 
-        Returns the cluster sizes (B, K) int64.
+        Returns the cluster sizes (B, K) int64. ``cluster_sums`` then ``finalize``.
         """
-        batch, n, d = x.shape
-        k = centroids.shape[1]
-        offsets = torch.arange(batch, device=x.device).unsqueeze(1) * k
-        flat = (labels + offsets).reshape(-1)
-        sums = torch.zeros(batch * k, d, dtype=torch.float32, device=x.device)
-        rows = max(1, TILE_ENTRIES // d)
-        x_flat = x.reshape(-1, d)
-        for start in range(0, batch * n, rows):
-            sums.index_add_(0, flat[start:start + rows], x_flat[start:start + rows].float())
-        counts = torch.bincount(flat, minlength=batch * k).view(batch, k)
-        sums = sums.view(batch, k, d)
-        nonempty = counts > 0
-        means = sums / counts.clamp_min(1).unsqueeze(-1).to(torch.float32)
-        centroids.copy_(torch.where(nonempty.unsqueeze(-1), means, centroids))
+        batch, k, d = centroids.shape
+        sums = torch.zeros(batch, k, d, dtype=torch.float32, device=centroids.device)
+        counts = torch.zeros(batch, k, dtype=torch.int64, device=centroids.device)
+        self.cluster_sums(x, labels, sums, counts)
+        self.finalize(sums, counts, centroids)
         return counts
 
+    def pruner(self, x: torch.Tensor, k: int) -> Callable | None:
+        """An exact, bound-based replacement of ``assign`` for the iterations of one Lloyd run
+        on x (same signature and results, stateful across calls), or None: none here."""
+        return None
+
     def split(self, centroids: torch.Tensor, counts: torch.Tensor, seed: int,
-              iteration: int) -> torch.Tensor:
+              iteration: int | torch.Tensor) -> torch.Tensor:
         """Split empty clusters, in place on ``centroids`` and ``counts``; returns nsplit (B,).
 
         The shared semantics: empty clusters are visited in index order. For each, with the
@@ -129,8 +154,10 @@ class TorchBackend:
         t, the other way round for odd t (eps = 1/1024); counts: new = donor // 2 and the
         donor keeps the rest, so both stay non-empty.
 
-        This reference reads the counts on the host; device backends do not.
+        ``iteration`` may be a one-element int64 tensor (capturable backends read it on the
+        device). This reference reads the counts on the host; device backends do not.
         """
+        iteration = int(iteration)
         batch, k, d = centroids.shape
         host_counts = counts.cpu()
         nsplit = torch.zeros(batch, dtype=torch.int64)

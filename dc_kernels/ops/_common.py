@@ -10,14 +10,15 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-# Precision names -> the integer code the kernels branch on at compile time.
-PRECISION_CODE = {"fp32": 0, "tf32": 1, "bf16": 2, "fp16": 3}
+from ..contract import PRECISIONS, check_precision
+
+# Precision names -> the integer code the kernels branch on at compile time (0 fp32, 1 tf32,
+# 2 bf16, 3 fp16).
+PRECISION_CODE = {name: code for code, name in enumerate(PRECISIONS)}
 
 
 def precision_code(precision: str) -> int:
-    if precision not in PRECISION_CODE:
-        raise ValueError(f"precision must be one of {tuple(PRECISION_CODE)}, got {precision!r}")
-    return PRECISION_CODE[precision]
+    return PRECISION_CODE[check_precision(precision)]
 
 
 def interpreting(t: torch.Tensor) -> bool:

@@ -122,34 +122,21 @@ def assign_configs(d: int, precision: str, interp: bool) -> list[dict]:
     return configs
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, precision: str,
-           centroid_sqnorms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def assign(x: torch.Tensor, centroids: torch.Tensor,
+           precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of every point of x (B, N, d) among centroids (B, K, d) float32.
 
     Returns (dist (B, N) float32, labels (B, N) int64): the dot products in ``precision``
     ('fp32' is 3xTF32 on tensor cores), accumulated in fp32, ties to the lowest index; dist is
-    sum((x - c)^2) in fp32 for the chosen c. ``centroid_sqnorms`` (B, K) float32 may be passed
-    when the caller already has them.
+    sum((x - c)^2) in fp32 for the chosen c. Inputs as checked by dc_kernels.backends._checks.
     """
     code = precision_code(precision)
-    if x.dim() != 3 or centroids.dim() != 3:
-        raise ValueError(f"assign expects x (B, N, d) and centroids (B, K, d), got "
-                         f"x {tuple(x.shape)} and centroids {tuple(centroids.shape)}")
-    batch, n, d = x.shape
-    if centroids.shape[0] != batch or centroids.shape[2] != d or centroids.shape[1] < 1:
-        raise ValueError(f"centroids {tuple(centroids.shape)} do not match x {tuple(x.shape)}")
-    if not x.dtype.is_floating_point or centroids.dtype != torch.float32:
-        raise ValueError(f"assign expects floating x and float32 centroids, got {x.dtype} and "
-                         f"{centroids.dtype}")
-    if x.device != centroids.device:
-        raise ValueError(f"x is on {x.device} but centroids on {centroids.device}")
     check_launchable(x, "assign")
+    batch, n, d = x.shape
     k = centroids.shape[1]
     x = x.contiguous()
     centroids = centroids.contiguous()
-    if centroid_sqnorms is None:
-        centroid_sqnorms = (centroids * centroids).sum(-1)
-    centroid_sqnorms = centroid_sqnorms.contiguous()
+    centroid_sqnorms = (centroids * centroids).sum(-1)
     # 16-bit modes read points and centroids already rounded: half the bytes, and the tiles go
     # straight from memory to the tensor cores (no conversion in registers, which would spill).
     # The rounded copy of x costs one pass over x; the fp32 originals serve the epilogue's

@@ -118,11 +118,8 @@ def covariance_from_gram(gram: torch.Tensor, n: int, mean: torch.Tensor,
 
 
 def covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (d,) and population covariance (d, d) of the rows of x (N, d), both float64."""
-    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"covariance expects x (N, d) with N, d >= 1, got {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"covariance expects a floating x, got {x.dtype}")
+    """Mean (d,) and population covariance (d, d) of the rows of x (N, d), both float64 (x as
+    checked by dc_kernels.backends._checks)."""
     check_launchable(x, "covariance")
     n, d = x.shape
     x = x.contiguous()
@@ -232,20 +229,9 @@ def pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor, normalize
     x (N, d_in) any float dtype, mean (d_in,) and proj (d_in, d_out) float32 with
     next_pow2(d_out) <= APPLY_MAX_OUT; the centred rows and proj are multiplied in
     ``precision`` ('fp32': 3xTF32, fp32-accurate, the reference's contract) and accumulated in
-    fp32; returns (N, d_out) float32.
+    fp32; returns (N, d_out) float32. Inputs as checked by dc_kernels.backends._checks.
     """
     code = precision_code(precision)
-    if x.dim() != 2 or mean.dim() != 1 or proj.dim() != 2 or mean.shape[0] != x.shape[1] \
-            or proj.shape[0] != x.shape[1]:
-        raise ValueError(f"pca_apply expects x (N, d_in), mean (d_in,), proj (d_in, d_out), got "
-                         f"{tuple(x.shape)}, {tuple(mean.shape)}, {tuple(proj.shape)}")
-    if not x.dtype.is_floating_point or mean.dtype != torch.float32 \
-            or proj.dtype != torch.float32:
-        raise ValueError(f"pca_apply expects floating x and float32 mean and proj, got "
-                         f"{x.dtype}, {mean.dtype}, {proj.dtype}")
-    if not (x.device == mean.device == proj.device):
-        raise ValueError(f"x, mean and proj must share a device, got {x.device}, {mean.device}, "
-                         f"{proj.device}")
     n, d_in = x.shape
     d_out = proj.shape[1]
     block_out = max(16, next_pow2(d_out))

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import SPLIT_EPS, mix64, split_seed
+from ..contract import SPLIT_EPS, iteration_on_device, mix64, split_seed
 from ._common import check_launchable, device_guard, interpreting, next_pow2
 
 
@@ -115,26 +115,12 @@ def split(centroids: torch.Tensor, counts: torch.Tensor, seed: int,
     """Split empty clusters of centroids (B, K, d) float32 / counts (B, K) int64, in place.
 
     ``iteration`` is an int, or a one-element int64 tensor on the device (so that one captured
-    CUDA graph can serve every iteration). Returns nsplit (B,) int64 on the device.
+    CUDA graph can serve every iteration). Returns nsplit (B,) int64 on the device. Inputs as
+    checked by dc_kernels.backends._checks.
     """
-    if centroids.dim() != 3 or counts.dim() != 2 or tuple(counts.shape) != centroids.shape[:2]:
-        raise ValueError(f"split expects centroids (B, K, d) and counts (B, K), got "
-                         f"{tuple(centroids.shape)} and {tuple(counts.shape)}")
-    if centroids.dtype != torch.float32 or counts.dtype != torch.int64:
-        raise ValueError(f"split expects float32 centroids and int64 counts, got "
-                         f"{centroids.dtype} and {counts.dtype}")
-    if centroids.device != counts.device:
-        raise ValueError(f"centroids on {centroids.device} but counts on {counts.device}")
-    if not (centroids.is_contiguous() and counts.is_contiguous()):
-        raise ValueError("split works in place: centroids and counts must be contiguous")
     check_launchable(centroids, "split")
     batch, k, d = centroids.shape
-    on_device = isinstance(iteration, torch.Tensor)
-    if on_device and (iteration.numel() != 1 or iteration.dtype != torch.int64
-                      or iteration.device != centroids.device):
-        raise ValueError(f"a tensor iteration must be one int64 on {centroids.device}, got "
-                         f"{iteration.dtype} of shape {tuple(iteration.shape)} on "
-                         f"{iteration.device}")
+    on_device = iteration_on_device(iteration, centroids.device)
     # Enough clusters per block that the block sums fit one vector of at most 128: with more
     # (K = 100,000 in blocks of 256 gave 512), Triton 3.6 moves the block search to a 4.5 KB
     # stack per thread; blocks of up to 8,192 clusters (K <= 1M) still build without one.

@@ -1,4 +1,4 @@
-"""k-means centroid update: per-cluster sums and counts, then centroids = sums / counts.
+"""k-means cluster sums: every row added into its cluster's sum, 1 into its count.
 
 Two accumulation strategies, chosen by K:
 - small K (<= 128): each program sweeps ROWS_PER_PROGRAM points and aggregates them on chip as
@@ -7,9 +7,9 @@ Two accumulation strategies, chosen by K:
   traffic by ROWS_PER_PROGRAM / K and avoids hammering the same few addresses.
 - large K: every point adds its row straight into its cluster's sums (atomics spread over K
   rows, so contention is low) and 1 into its count.
-A second kernel divides sums by counts; clusters without points keep their centroid.
-Sums are fp32; the order of the atomic additions is not fixed on a GPU, so sums agree with the
-reference to rounding, not bit for bit.
+Both are accumulated into (rows may come in chunks); the division by the counts is the driver's
+``finalize``. Sums are fp32; the order of the atomic additions is not fixed on a GPU, so sums
+agree with the reference to rounding, not bit for bit.
 """
 
 import torch
@@ -31,13 +31,16 @@ def _sums_atomic_kernel(x_ptr, label_ptr, sums_ptr, counts_ptr, N, K, D,
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     lab = tl.load(label_ptr + b * N + rows, mask=row_ok, other=0)
+    # A label outside [0, K) (only a caller bypassing assign makes one) is skipped, as in the
+    # C++ and CUDA kernels, rather than written out of bounds.
+    row_ok = row_ok & (lab >= 0) & (lab < K)
     dd = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     m = row_ok[:, None] & (dd[None, :] < D)
     xv = tl.load(x_ptr + b * stride_xb + rows.to(tl.int64)[:, None] * stride_xn + dd[None, :],
                  mask=m, other=0.0).to(tl.float32)
     tl.atomic_add(sums_ptr + (b * K + lab)[:, None] * D + dd[None, :], xv, mask=m, sem="relaxed")
     if pid_d == 0:
-        ones = tl.full([BLOCK_N], 1, tl.int32)
+        ones = tl.full([BLOCK_N], 1, tl.int64)
         tl.atomic_add(counts_ptr + b * K + lab, ones, mask=row_ok, sem="relaxed")
 
 
@@ -69,35 +72,19 @@ def _sums_onehot_kernel(x_ptr, label_ptr, sums_ptr, counts_ptr, N, K, D,
     tl.atomic_add(sums_ptr + (b * K + ks)[:, None] * D + dd[None, :], part,
                   mask=k_ok[:, None] & d_ok[None, :], sem="relaxed")
     if pid_d == 0:
-        tl.atomic_add(counts_ptr + b * K + ks, cnt, mask=k_ok, sem="relaxed")
+        tl.atomic_add(counts_ptr + b * K + ks, cnt.to(tl.int64), mask=k_ok, sem="relaxed")
 
 
-@triton.jit
-def _finalize_kernel(sums_ptr, counts32_ptr, c_ptr, counts_ptr, total, D,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_ok = rows < total
-    cnt = tl.load(counts32_ptr + rows, mask=row_ok, other=0)
-    tl.store(counts_ptr + rows, cnt.to(tl.int64), mask=row_ok)
-    nonempty = cnt > 0
-    denom = tl.maximum(cnt, 1).to(tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        offs = rows.to(tl.int64)[:, None] * D + dd[None, :]
-        m = row_ok[:, None] & (dd[None, :] < D)
-        s = tl.load(sums_ptr + offs, mask=m, other=0.0)
-        # Empty clusters are not written at all: they keep their centroid.
-        tl.store(c_ptr + offs, s / denom[:, None], mask=m & nonempty[:, None])
-
-
-def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int,
-                 sums: torch.Tensor, counts32: torch.Tensor) -> None:
+def cluster_sums(x: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor,
+                 counts: torch.Tensor) -> None:
     """Add the rows of x (B, N, d) into ``sums`` (B, K, d) float32 and 1 per point into
-    ``counts32`` (B, K) int32 by label; both are accumulated into (not zeroed), so a caller
-    streaming x in chunks can call this once per chunk."""
+    ``counts`` (B, K) int64 by label (B, N) int64; both are accumulated into (not zeroed), so a
+    caller streaming x in chunks calls this once per chunk. Inputs as checked by
+    dc_kernels.backends._checks."""
+    check_launchable(x, "cluster_sums")
+    x, labels = x.contiguous(), labels.contiguous()
     batch, n, d = x.shape
-    if n == 0:
-        return
+    k = sums.shape[1]
     if k <= ONEHOT_MAX_K:
         cfg = onehot_config(k, d)
         # Enough rows per program to amortise the atomics, few enough to fill the GPU.
@@ -106,13 +93,13 @@ def cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int,
                                min(4096, triton.cdiv(n * batch, 1024) // block_n * block_n))
         grid = (triton.cdiv(n, rows_per_program), triton.cdiv(d, cfg["BLOCK_D"]), batch)
         with device_guard(x):
-            _sums_onehot_kernel[grid](x, labels, sums, counts32, n, k, d, x.stride(0),
+            _sums_onehot_kernel[grid](x, labels, sums, counts, n, k, d, x.stride(0),
                                       x.stride(1), rows_per_program, **cfg)
     else:
         cfg = atomic_config(d)
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(d, cfg["BLOCK_D"]), batch)
         with device_guard(x):
-            _sums_atomic_kernel[grid](x, labels, sums, counts32, n, k, d, x.stride(0),
+            _sums_atomic_kernel[grid](x, labels, sums, counts, n, k, d, x.stride(0),
                                       x.stride(1), **cfg)
 
 
@@ -126,47 +113,3 @@ def atomic_config(d: int) -> dict:
     """Tiles of the atomic kernel: 4096 values per program."""
     block_d = min(128, next_pow2(d))
     return dict(BLOCK_N=max(1, 4096 // block_d), BLOCK_D=block_d, num_warps=4)
-
-
-def finalize_centroids(sums: torch.Tensor, counts32: torch.Tensor,
-                       centroids: torch.Tensor) -> torch.Tensor:
-    """centroids = sums / counts where counts > 0 (in place); returns counts (B, K) int64."""
-    batch, k, d = centroids.shape
-    counts = torch.empty(batch, k, dtype=torch.int64, device=centroids.device)
-    block_r = 32
-    block_d = min(128, next_pow2(d))
-    grid = (triton.cdiv(batch * k, block_r),)
-    with device_guard(centroids):
-        _finalize_kernel[grid](sums, counts32, centroids, counts, batch * k, d,
-                               BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
-    return counts
-
-
-def update(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """Overwrite centroids (B, K, d) float32 with the means of their points of x (B, N, d) under
-    labels (B, N) int64; empty clusters keep theirs. Returns the sizes (B, K) int64."""
-    if x.dim() != 3 or centroids.dim() != 3 or labels.dim() != 2:
-        raise ValueError(f"update expects x (B, N, d), labels (B, N), centroids (B, K, d), got "
-                         f"{tuple(x.shape)}, {tuple(labels.shape)}, {tuple(centroids.shape)}")
-    batch, n, d = x.shape
-    if tuple(labels.shape) != (batch, n) or centroids.shape[0] != batch \
-            or centroids.shape[2] != d:
-        raise ValueError(f"shapes do not match: x {tuple(x.shape)}, labels "
-                         f"{tuple(labels.shape)}, centroids {tuple(centroids.shape)}")
-    if not x.dtype.is_floating_point or labels.dtype != torch.int64 \
-            or centroids.dtype != torch.float32:
-        raise ValueError(f"update expects floating x, int64 labels and float32 centroids, got "
-                         f"{x.dtype}, {labels.dtype}, {centroids.dtype}")
-    if not (x.device == labels.device == centroids.device):
-        raise ValueError(f"x, labels and centroids must share a device, got {x.device}, "
-                         f"{labels.device}, {centroids.device}")
-    if not centroids.is_contiguous():
-        raise ValueError("update writes centroids in place: they must be contiguous")
-    check_launchable(x, "update")
-    k = centroids.shape[1]
-    x = x.contiguous()
-    labels = labels.contiguous()
-    sums = torch.zeros(batch, k, d, dtype=torch.float32, device=x.device)
-    counts32 = torch.zeros(batch, k, dtype=torch.int32, device=x.device)
-    cluster_sums(x, labels, k, sums, counts32)
-    return finalize_centroids(sums, counts32, centroids)
