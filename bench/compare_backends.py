@@ -4,19 +4,15 @@ Both start every step from the same state (the reference's), so a difference is 
 per iteration, the assign labels that differ, the cluster sizes that differ, the empty clusters
 each one sees and the largest centroid difference after update and after split.
 
-    python bench/compare_backends.py --backend cuda --precision fp32 --n 20000 --d 64 --k 50
+    python -m bench.compare_backends --backend cuda --precision fp32 --n 20000 --d 64 --k 50
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dc_kernels.backends import get_backend  # noqa: E402
-from tests.reference_numpy import blobs  # noqa: E402  (the GPU tests' data, seed 1)
+from dc_kernels.backends import get_backend
+from dc_kernels.testing import blobs, random_rows
 
 
 def main() -> None:
@@ -32,9 +28,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     device = torch.device(args.device)
-    x = torch.from_numpy(blobs(args.n, args.d, args.k, seed=1))[None].to(device)
-    gen = torch.Generator().manual_seed(args.seed)
-    centroids = x[:, torch.randperm(args.n, generator=gen)[:args.k].to(device)].contiguous()
+    x = blobs(args.n, args.d, args.k, seed=1, batch=1)  # the GPU tests' data, seed 1
+    centroids = random_rows(x, args.k, seed=args.seed).to(device)
+    x = x.to(device)
     mine, ref = get_backend(args.backend, device), get_backend(args.reference, device)
     print(f"{args.backend} vs {args.reference}, {args.precision}, N={args.n} d={args.d} "
           f"K={args.k}")

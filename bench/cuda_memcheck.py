@@ -1,8 +1,8 @@
 r"""Run every kernel of the cuda backend once at small, tile-straddling sizes, for
 compute-sanitizer (bench/gpu_check.sh):
 
-    compute-sanitizer --error-exitcode 1 --tool memcheck python bench/cuda_memcheck.py
-    compute-sanitizer --error-exitcode 1 --tool racecheck python bench/cuda_memcheck.py \
+    compute-sanitizer --error-exitcode 1 --tool memcheck python -m bench.cuda_memcheck
+    compute-sanitizer --error-exitcode 1 --tool racecheck python -m bench.cuda_memcheck \
         --steps split
 
 Each step is also checked against the torch reference, so a run that the sanitizer passes has
@@ -11,16 +11,16 @@ computed the right thing too. Exits 0 and prints one line per step when everythi
 
 import argparse
 import sys
+from typing import Any
 
 import torch
 
-from dc_kernels.backends.cuda import CudaBackend
-from dc_kernels.backends.reference import TorchBackend
+from dc_kernels.backends import get_backend
 
 STEPS = ("assign", "update", "split", "pca")
 
 
-def check_assign(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> str:
+def check_assign(cuda: Any, ref: Any, gen: torch.Generator) -> str:
     # N, K, d straddle the tiles (64 x 64 x 16 fp32, 128 x 64 x 32 tensor cores); B = 2.
     x = torch.randn(2, 131, 37, generator=gen).cuda()
     c = torch.randn(2, 67, 37, generator=gen).cuda()
@@ -34,7 +34,7 @@ def check_assign(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> 
     return "assign: 4 precisions x 3 point dtypes agree with the reference"
 
 
-def check_update(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> str:
+def check_update(cuda: Any, ref: Any, gen: torch.Generator) -> str:
     # K * d small enough for shared-memory aggregation, then too large for it.
     for k, d in ((5, 7), (300, 70)):
         x = torch.randn(2, 517, d, generator=gen).cuda()
@@ -50,7 +50,7 @@ def check_update(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> 
     return "update: shared and global aggregation agree with the reference"
 
 
-def check_split(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> str:
+def check_split(cuda: Any, ref: Any, gen: torch.Generator) -> str:
     # K = 2100 > 1024 threads: several clusters per thread chunk.
     for k, d in ((9, 3), (2100, 5)):
         choices = torch.tensor([0, 0, 1, 2, 5, 40])
@@ -65,7 +65,7 @@ def check_split(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> s
     return "split: bit-identical to the reference"
 
 
-def check_pca(cuda: CudaBackend, ref: TorchBackend, gen: torch.Generator) -> str:
+def check_pca(cuda: Any, ref: Any, gen: torch.Generator) -> str:
     x = (torch.randn(301, 70, generator=gen) + 3.0).cuda()
     mean, cov = cuda.covariance(x)
     ref_mean, ref_cov = ref.covariance(x)
@@ -84,11 +84,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     args = parser.parse_args()
-    reason = CudaBackend.unavailable_reason(torch.device("cuda"))
-    if reason:
-        print(f"cuda_memcheck: cannot run: {reason}", file=sys.stderr)
+    try:
+        cuda = get_backend("cuda", torch.device("cuda"))
+    except ValueError as exc:  # no GPU, or the extension was not built
+        print(f"cuda_memcheck: cannot run: {exc}", file=sys.stderr)
         return 2
-    cuda, ref = CudaBackend(), TorchBackend()
+    ref = get_backend("torch", torch.device("cuda"))
     checks = {"assign": check_assign, "update": check_update, "split": check_split,
               "pca": check_pca}
     for step in args.steps:

@@ -1,28 +1,35 @@
 #!/usr/bin/env bash
 # bench/gpu_check.sh: the one prepared GPU check (H100/H200, torch 2.11, no network).
 # Builds the package, runs the GPU tests, times every dc_kernels backend against flash-kmeans,
-# fastkmeans and the chunked torch loop at the ANCHORS.md shapes, and PCA-whitening
-# 1,281,167 x 4096 -> 256 (fit + apply) against the torch pipeline; prints the acceptance
-# table last. Budget: about 8 minutes, start-up included (GPU_CHECK_SECONDS, default 470); each
-# step has its own timeout within it, and a failing step is reported without stopping the rest.
-# Seen on an H200 (2026-11-26): the whole script in 367 s, 346 s without memcheck and PCA, each
-# call about 30 s of start-up on top; the 1.28M x 256 : 100k shape needs more than its 100 s.
+# fast-pytorch-kmeans, fastkmeans and the chunked torch loop at the ANCHORS.md shapes, and
+# PCA-whitening 1,281,167 x 4096 -> 256 (fit + apply) against the torch pipeline, then the
+# end-to-end training step (bench/train_e2e.sh, when present); prints the acceptance table last.
+# Budget: about 8 minutes, start-up included (GPU_CHECK_SECONDS, default 470); each step has its
+# own timeout within it (the benchmarks mark the providers they could not reach as "not run:
+# time limit"), and a failing step is reported without stopping the rest.
+# Seen on an H200 (2026-11-26, the scripts before the bench harness: one timed run per
+# provider): the whole script in 367 s, 346 s without memcheck and PCA, each call about 30 s of
+# start-up on top. The harness times with triton.testing.do_bench (at least 8 calls per
+# provider), hence fewer iterations per call than then, and fewer providers at K = 100k.
 #
 # Run it from the repository root on the device machine, carrying the peers' wheels:
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # The wheels are prepared once where pip can reach PyPI (.whl/ is git-ignored: never commit it):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform any -d .whl flash-kmeans==0.3.1 fastkmeans==0.5.0
+#     --platform any -d .whl flash-kmeans==0.3.1 fastkmeans==0.5.0 fast-pytorch-kmeans==0.2.2 psutil
 # Checked 2026-11-26: flash_kmeans-0.3.1-py3-none-any.whl (41,757 B) and
 # fastkmeans-0.5.0-py3-none-any.whl (14,548 B), both pure Python; what they require (torch,
-# triton, numpy, tqdm) is already on the GPU image.
+# triton, numpy, tqdm) is already on the GPU image. Checked 2026-11-29:
+# fast_pytorch_kmeans-0.2.2-py3-none-any.whl (9,750 B), which imports psutil without declaring
+# it (psutil-7.2.2-cp36-abi3-manylinux...x86_64.whl, a binary wheel for any CPython 3).
 #
 # Logs: written to $LOG (a scratch folder), packed at exit into $OUT/gpu_check_logs.tgz next to
 # $OUT/summary.txt (the device tool brings back at most 8 files): build.log, tests_*.log,
-# compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json}.
-# OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS="memcheck pca" leaves those
-# steps out (a rerun on what is left of a lease).
+# compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json},
+# train.log (what bench/train_e2e.sh writes under $OUT is its own).
+# OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS="memcheck pca train" leaves
+# those steps out (a rerun on what is left of a lease).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results/gpu_check}
@@ -44,8 +51,8 @@ limit() {  # limit MAX: seconds this step may take, 0 when the budget is spent
   [ "$left" -lt 15 ] && { echo 0; return; }
   [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
-record() {  # record NAME RC (RC "skip": not run, the time budget was spent)
-  [ "$2" = skip ] && { STEPS+=("$(printf '%-58s %s' "$1" "SKIPPED (time budget)")"); return; }
+record() {  # record NAME RC [WHY] (RC "skip": not run, for WHY, by default the time budget)
+  [ "$2" = skip ] && { STEPS+=("$(printf '%-58s %s' "$1" "SKIPPED (${3:-time budget})")"); return; }
   local verdict="ok"
   [ "$2" -eq 124 ] && verdict="TIMEOUT"
   [ "$2" -ne 0 ] && [ "$2" -ne 124 ] && verdict="FAILED (rc=$2)"
@@ -87,16 +94,18 @@ run_tests() {  # run_tests TAG NAME MAX PYTEST-ARGS...
 
 # One process per shape: a peer that trips a device-side assert (fastkmeans did at 1.28M x 256)
 # poisons its CUDA context, and must not take the later shapes with it.
-# The float64-checked dc_kernels.torch reference is left out of the large shapes (it measured
-# 5x slower than the torch loop at 32 x 131072 x 128, K=1024), and fastkmeans out of all but
-# one: its device-side assert at these shapes ends the process's CUDA context.
+# The dc_kernels.torch reference is left out everywhere (it measured 5x slower than the torch
+# loop at 32 x 131072 x 128, K=1024), fastkmeans out of all but one shape (its device-side
+# assert at the others ends the process's CUDA context) and fast-pytorch-kmeans out of the
+# large ones (a dense K x N one-hot matrix per iteration). Skip tokens: PROVIDER or
+# PROVIDER:PRECISION.
 kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX [PROVIDERS TO SKIP...]
   local shape=$1 iters=$2 tag=${1//:/_} t; t=$(limit "$3"); shift 3
-  step "k-means $shape ($iters iterations)"
+  step "k-means $shape ($iters iterations per call)"
   [ "$t" -eq 0 ] && { record "k-means $shape" skip; return; }
-  timeout "$t" $PY bench/kmeans_bench.py --device cuda --shapes "$shape" --iters "$iters" \
-    --json "$LOG/kmeans_$tag.json" --skip "$@" 2>&1 | grep -v "Assertion .* failed" \
-    | tee "$LOG/kmeans_$tag.log"
+  timeout "$t" $PY -m bench.kmeans_bench --device cuda --shapes "$shape" --iters "$iters" \
+    --json "$LOG/kmeans_$tag.json" --time-limit $(( t - 15 )) --skip dc_kernels.torch "$@" \
+    2>&1 | grep -v "Assertion .* failed" | tee "$LOG/kmeans_$tag.log"
   record "k-means $shape" "${PIPESTATUS[0]}"
 }
 
@@ -104,7 +113,7 @@ compare() {  # compare BACKEND PRECISION: the first step where it parts from the
   local t; t=$(limit 40)
   step "compare $1 $2 with the torch backend, step by step (20000 x 64, K=50)"
   [ "$t" -eq 0 ] && { record "compare $1 $2" skip; return; }
-  timeout "$t" $PY bench/compare_backends.py --backend "$1" --precision "$2" 2>&1 \
+  timeout "$t" $PY -m bench.compare_backends --backend "$1" --precision "$2" 2>&1 \
     | tee "$LOG/compare_$1_$2.log"
   record "compare $1 $2" "${PIPESTATUS[0]}"
 }
@@ -116,110 +125,65 @@ compare cuda fp32
 compare cuda fp16
 compare triton fp32
 
-if skipped memcheck; then record "memcheck: cuda kernels" skip; else
+if skipped memcheck; then record "memcheck: cuda kernels" skip SKIP_STEPS; else
   step "compute-sanitizer memcheck: cuda assign / update / split at a small size"
   t=$(limit 90)
   if [ "$t" -eq 0 ]; then record "memcheck: cuda kernels" skip; else
     timeout "$t" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" --error-exitcode 1 \
-      --tool memcheck $PY bench/cuda_memcheck.py --steps assign update split 2>&1 \
+      --tool memcheck $PY -m bench.cuda_memcheck --steps assign update split 2>&1 \
       | tee "$LOG/memcheck.log" | tail -n 20
     record "memcheck: cuda kernels" "${PIPESTATUS[0]}"
   fi
 fi
 
-kmeans_shape 50000x256:1000 10 45 dc_kernels.torch
-kmeans_shape 1281167x256:10000 5 80 dc_kernels.torch fastkmeans
-kmeans_shape 32x131072x128:1024 5 60 dc_kernels.torch
-kmeans_shape 8x131072x128:100 10 45 dc_kernels.torch fastkmeans
+kmeans_shape 50000x256:1000 10 45
+kmeans_shape 1281167x256:10000 3 90 fastkmeans fast-pytorch-kmeans
+kmeans_shape 32x131072x128:1024 5 60 fastkmeans fast-pytorch-kmeans
+kmeans_shape 8x131072x128:100 10 45 fastkmeans fast-pytorch-kmeans
 step "per-step times (assign / update / split) of every backend"
 t=$(limit 60)
 if [ "$t" -eq 0 ]; then record "step times" skip; else
-  timeout "$t" $PY bench/step_bench.py --repeat 5 --json "$LOG/steps.json" \
-    --shapes 8x131072x128:100,32x131072x128:1024,50000x256:1000,1281167x256:10000 2>&1 \
-    | tee "$LOG/steps.log"
+  timeout "$t" $PY -m bench.step_bench --device cuda --iters 2 --json "$LOG/steps.json" \
+    --time-limit $(( t - 15 )) --skip dc_kernels.torch \
+    --shapes 8x131072x128:100,32x131072x128:1024,50000x256:1000 2>&1 | tee "$LOG/steps.log"
   record "step times" "${PIPESTATUS[0]}"
 fi
 
-kmeans_shape 1281167x256:100000 3 100 dc_kernels.torch fastkmeans
+# K = 100k: only what the targets compare (fp16 / bf16 / tf32 against flash-kmeans fp16) and
+# the torch loop in TF32; the CUDA backend alone took more than the step's time in fp32.
+kmeans_shape 1281167x256:100000 2 100 fastkmeans fast-pytorch-kmeans dc_kernels.cuda \
+  dc_kernels.triton:fp32 torch-loop:fp32 flash-kmeans:fp32
 
-if skipped pca; then record "PCA bench" skip; else
+if skipped pca; then record "PCA bench" skip SKIP_STEPS; else
   step "PCA-whitening 1281167 x 4096 -> 256"
   t=$(limit 120)
   if [ "$t" -eq 0 ]; then record "PCA bench" skip; else
-    timeout "$t" $PY bench/pca_bench.py --n 1281167 --d-in 4096 --d-out 256 --repeats 2 \
-      --json "$LOG/pca.json" 2>&1 | tee "$LOG/pca.log"
+    timeout "$t" $PY -m bench.pca_bench --device cuda --n 1281167 --d-in 4096 --d-out 256 \
+      --skip dc_kernels.torch --time-limit $(( t - 15 )) --json "$LOG/pca.json" 2>&1 \
+      | tee "$LOG/pca.log"
     record "PCA bench" "${PIPESTATUS[0]}"
   fi
 fi
 
-kmeans_shape 50000x256:100 10 40 dc_kernels.torch fastkmeans
+# ---- train: the trainer's end-to-end step at ImageNet scale, bench/train_e2e.sh (its owner's
+# script; it writes under the folder it is given). SKIP_STEPS="train" leaves it out.
+if skipped train; then record "train: end-to-end step" skip SKIP_STEPS
+elif [ ! -f bench/train_e2e.sh ]; then record "train: end-to-end step" skip "no bench/train_e2e.sh"
+else
+  step "train: end-to-end step (bench/train_e2e.sh)"
+  t=$(limit 120)
+  if [ "$t" -eq 0 ]; then record "train: end-to-end step" skip; else
+    timeout "$t" bash bench/train_e2e.sh "$OUT" 2>&1 | tee "$LOG/train.log" | tail -n 30
+    record "train: end-to-end step" "${PIPESTATUS[0]}"
+  fi
+fi
+
+kmeans_shape 50000x256:100 10 40 fastkmeans fast-pytorch-kmeans
 run_tests interp "interpreter tests of the triton backend, on the GPU" 90 -m "not gpu" \
   tests/test_triton.py
 
 step "summary"
-$PY - "$LOG" <<'EOF' | tee "$LOG/summary.txt"
-import glob, json, math, sys
-
-out = sys.argv[1]
-rows = [r for f in sorted(glob.glob(f"{out}/kmeans_*.json")) for r in json.load(open(f))]
-ms = {(r["shape"], r["provider"], r["precision"]): r["ms_per_iter"] for r in rows}
-ours = sorted({r["provider"] for r in rows if r["provider"].startswith("dc_kernels.")
-               and r["provider"] not in ("dc_kernels.torch", "dc_kernels.cpu")})
-
-def ratio(shape, mine, peer):
-    a, b = ms.get((shape, *mine), math.nan), ms.get((shape, *peer), math.nan)
-    return a / b if b and not math.isnan(b) else math.nan
-
-targets = [  # shape, our precision, peer, peer precision, bar (ANCHORS.md)
-    ("1281167x256:10000", "bf16", "flash-kmeans", "fp16", 0.8),
-    ("1281167x256:10000", "fp16", "flash-kmeans", "fp16", 0.8),
-    ("1281167x256:10000", "tf32", "flash-kmeans", "fp32", 0.8),
-    ("1281167x256:10000", "fp32", "torch-loop", "fp32", 0.6),
-    ("1281167x256:100000", "fp16", "flash-kmeans", "fp16", 0.8),
-    ("1281167x256:100000", "bf16", "flash-kmeans", "fp16", 0.8),
-    ("50000x256:1000", "tf32", "flash-kmeans", "fp32", 0.25),  # flash runs fp32 input as TF32
-    ("50000x256:1000", "fp32", "flash-kmeans", "fp32", 0.25),
-    ("50000x256:1000", "fp16", "flash-kmeans", "fp16", 0.25),
-    ("32x131072x128:1024", "fp16", "flash-kmeans", "fp16", 0.8),
-    ("8x131072x128:100", "fp16", "flash-kmeans", "fp16", 0.25),
-]
-print(f"{'target':<62} {'ours ms':>9} {'peer ms':>9} {'ratio':>7} {'bar':>5}  verdict")
-for provider in ours:
-    for shape, prec, peer, peer_prec, bar in targets:
-        r = ratio(shape, (provider, prec), (peer, peer_prec))
-        verdict = "n/a" if math.isnan(r) else ("ok" if r <= bar else "MISSED")
-        label = f"{shape} {provider} {prec} vs {peer} {peer_prec}"
-        print(f"{label:<62} {ms.get((shape, provider, prec), math.nan):>9.2f} "
-              f"{ms.get((shape, peer, peer_prec), math.nan):>9.2f} {r:>7.2f} {bar:>5}  {verdict}")
-    for r in rows:
-        if r["provider"] != provider:
-            continue
-        dims, k = r["shape"].split(":")
-        n = int(dims.split("x")[-2])
-        if n >= 2 * int(k) and r["empty"] == r["empty"] and r["empty"] > 0:
-            print(f"  MISSED: {r['shape']} {provider} {r['precision']}: {r['empty']:.0f} empty "
-                  "clusters at exit (target 0)")
-        if r["precision"] in ("fp32", "tf32", "bf16") and abs(r["rel_inertia"]) > (
-                1e-3 if r["precision"] == "fp32" else 5e-3):
-            print(f"  MISSED: {r['shape']} {provider} {r['precision']}: inertia "
-                  f"{r['rel_inertia']:+.1e} vs float64 Lloyd")
-try:
-    pca = {r["provider"]: r for r in json.load(open(f"{out}/pca.json"))}
-    base = pca["torch-pipeline-fp32"]
-    for name, r in pca.items():
-        if not name.startswith("dc_kernels.") or name == "dc_kernels.torch":
-            continue
-        fit_ratio = r["total_ms"] / base["total_ms"]
-        apply_ratio = r["apply_ms"] / base["apply_ms"]
-        print(f"{'PCA fit+apply ' + name + ' vs torch fp32':<62} {r['total_ms']:>9.1f} "
-              f"{base['total_ms']:>9.1f} {fit_ratio:>7.2f} {0.5:>5}  "
-              f"{'ok' if fit_ratio <= 0.5 else 'MISSED'}")
-        print(f"{'PCA apply ' + name + ' vs torch':<62} {r['apply_ms']:>9.1f} "
-              f"{base['apply_ms']:>9.1f} {apply_ratio:>7.2f} {0.4:>5}  "
-              f"{'ok' if apply_ratio <= 0.4 else 'MISSED'}")
-except (OSError, KeyError, ValueError) as exc:
-    print(f"PCA: no result ({exc})")
-EOF
+$PY -m bench.gpu_summary "$LOG" | tee "$LOG/summary.txt"
 echo
 echo "=== steps"
 printf '%s\n' "${STEPS[@]}" | tee -a "$LOG/summary.txt"
