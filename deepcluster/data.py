@@ -1,50 +1,99 @@
 """Datasets and image pipelines.
 
-``load_images(spec)`` turns a ``--data`` value into an ``ImageSet``: uint8 images (each C x H x W,
+``load_images(spec)`` turns a ``--data`` value into an ``ImageSet``: uint8 images (C x H x W,
 C = 1 or 3) with optional integer labels, from scikit-learn's digits, Fashion-MNIST's IDX files,
-an ``.npz`` file or an ImageFolder-style directory. Two pipelines feed the network:
-``eval_transform`` (resize + center crop, for features) and ``TrainTransform`` (random resized crop
-+ horizontal flip driven by an explicit per-sample seed, so augmentation does not depend on the
-number of loader workers or on where a run was resumed).
+an ``.npz`` file, or an image directory. A directory is listed, not decoded: its ``FileIndex``
+holds the relative paths as one byte buffer with offsets (about 40 bytes a file), can be saved in
+the run directory and read back by a resumed run or by the other torchrun processes. Images are
+decoded when loaded (``torchvision.io.decode_image``, PIL for what it cannot read); a file that
+fails then is replaced by the next readable one in the index, the same one on every run.
+
+Two pipelines work on uint8 tensors (``transforms.v2``) and leave normalisation to the device
+(``normalize``): ``eval_transform`` (resize + centre crop, for features) and ``TrainTransform``
+(random resized crop + horizontal flip drawn from an explicit per-sample seed, so augmentation
+does not depend on the number of loader workers or on where a run was resumed).
 """
 
+import concurrent.futures
 import gzip
 import math
+import multiprocessing
 import os
 import warnings
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image, UnidentifiedImageError
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
 
 from .models import SMALL_INPUT
+from .progress import Progress
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # ImageNet statistics (the paper's normalisation); one-channel images use their mean.
 _MEAN_RGB, _STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Files whose headers are read at start-up to pick the input size (and to catch a folder of
+# non-images before anything runs).
+HEADER_SAMPLE = 256
+# Consecutive unreadable files after which loading gives up: a folder that bad needs a look.
+MAX_REPLACEMENTS = 100
+INDEX_FORMAT = "deepcluster-index/1"
+# decode_image reads these itself (JPEG, PNG, GIF, WebP); anything else, or anything it refuses,
+# goes to PIL.
+_TORCHVISION_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"RIFF")
 
 
 class DataError(ValueError):
     """A ``--data`` value that cannot be used; the message says why and what to do."""
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded into an RGB picture; the message says why."""
+
+
+@dataclass
+class FileIndex:
+    """The image files of a directory, compactly: path i (relative to ``root``) is the bytes
+    ``blob[starts[i]:ends[i]]``. NumPy arrays, so loader workers share them without copies."""
+
+    root: str
+    blob: np.ndarray    # uint8: every relative path (os.fsencode), back to back
+    starts: np.ndarray  # int64 (N,)
+    ends: np.ndarray    # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def path(self, i: int) -> str:
+        rel = self.blob[self.starts[i]:self.ends[i]].tobytes()
+        return os.path.join(self.root, os.fsdecode(rel))
+
+    def subset(self, indices: np.ndarray) -> "FileIndex":
+        return FileIndex(self.root, self.blob, self.starts[indices], self.ends[indices])
+
+    @property
+    def nbytes(self) -> int:
+        return self.blob.nbytes + self.starts.nbytes + self.ends.nbytes
+
+
 @dataclass
 class ImageSet:
-    """Images for DeepCluster: ``images`` is a uint8 (N, C, H, W) tensor or a list of files."""
+    """Images for DeepCluster: ``images`` is a uint8 (N, C, H, W) tensor or a ``FileIndex``."""
 
     name: str
-    images: torch.Tensor | list[Path]
+    images: torch.Tensor | FileIndex
     channels: int
     labels: np.ndarray | None = None      # (N,) int64 ground truth, for evaluation only
     class_names: list[str] = field(default_factory=list)
-    skipped: list[tuple[Path, str]] = field(default_factory=list)  # corrupt files and why
-    native_size: int = 0                  # largest side of the stored images (0: files)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out, and why
+    native_size: int = 0                  # typical largest side of the images (0: unknown)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -52,20 +101,87 @@ class ImageSet:
     def subset(self, indices: np.ndarray) -> "ImageSet":
         """The images at ``indices`` (in that order), with their labels."""
         if isinstance(self.images, torch.Tensor):
-            images: torch.Tensor | list[Path] = self.images[torch.from_numpy(indices)]
+            images: torch.Tensor | FileIndex = self.images[torch.from_numpy(indices)]
         else:
-            images = [self.images[i] for i in indices]
+            images = self.images.subset(indices)
         labels = None if self.labels is None else self.labels[indices]
         return ImageSet(self.name, images, self.channels, labels, self.class_names,
                         self.skipped, self.native_size)
 
+    def path(self, index: int) -> str | None:
+        """The file of image ``index`` (None for in-memory images)."""
+        return None if isinstance(self.images, torch.Tensor) else self.images.path(index)
+
     def load(self, index: int) -> torch.Tensor:
-        """Image ``index`` as a uint8 (C, H, W) tensor."""
+        """Image ``index`` as a uint8 (C, H, W) tensor; ``UnreadableImage`` if it cannot be."""
         if isinstance(self.images, torch.Tensor):
             return self.images[index]
-        with Image.open(self.images[index]) as img:
-            return TF.pil_to_tensor(img.convert("RGB"))
+        return decode_file(self.images.path(index))
 
+
+# ---- decoding ----------------------------------------------------------------------------------
+
+def _gray_to_uint8(a: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """A one-channel 16-bit, 32-bit integer or float image as uint8, by its real range.
+
+    16-bit images span 0..65535. Others take the first standard range holding every value
+    (floats: 0..1; then 0..255, 0..65535), else their own min..max; NaN or infinity is refused.
+    """
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise UnreadableImage(f"{name}: mode {mode} image holds NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    elif lo >= 0 and hi <= 1 and mode == "F":
+        lo, hi = 0.0, 1.0
+    elif lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    elif lo >= 0 and hi <= 65535:
+        lo, hi = 0.0, 65535.0
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return np.rint((a - lo) * scale).astype(np.uint8)
+
+
+def _decode_pil(path: str) -> torch.Tensor:
+    with Image.open(path) as img:
+        mode = img.mode
+        if mode.startswith("I") or mode == "F":  # I, I;16, I;16B, ... and float
+            gray = torch.from_numpy(_gray_to_uint8(np.asarray(img), mode, path))
+            return gray.expand(3, -1, -1).contiguous()
+        if mode != "RGB":
+            try:
+                img = img.convert("RGB")
+            except ValueError as exc:
+                raise UnreadableImage(f"{path}: mode {mode} cannot be converted to RGB "
+                                      f"({exc})") from exc
+        return TF.pil_to_tensor(img)
+
+
+def decode_file(path: str) -> torch.Tensor:
+    """The image file ``path`` as a uint8 (3, H, W) tensor (grey replicated, alpha dropped,
+    16-bit and float images scaled by their real range); ``UnreadableImage`` when it fails."""
+    try:
+        with open(path, "rb") as f:
+            data = bytearray(f.read())
+        if data.startswith(_TORCHVISION_MAGIC):
+            try:
+                with warnings.catch_warnings():  # torchvision 0.29 flags its decoders deprecated
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    x = decode_image(torch.frombuffer(data, dtype=torch.uint8),
+                                     mode=ImageReadMode.RGB)
+                if x.dtype == torch.uint16:  # 16-bit PNG: 0..65535 -> 0..255, rounded
+                    x = torch.div(x.to(torch.int32) + 128, 257, rounding_mode="floor")
+                return x.to(torch.uint8)
+            except RuntimeError:
+                pass  # PIL reads some files libjpeg/libpng refuse, and says why for the rest
+        return _decode_pil(path)
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, struct.error, ...)
+        raise UnreadableImage(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+# ---- in-memory sets ---------------------------------------------------------------------------
 
 def _from_array(name: str, x: np.ndarray, y: np.ndarray | None) -> ImageSet:
     if x.ndim == 3:
@@ -125,6 +241,8 @@ def _fashion_mnist(root: Path | None = None) -> ImageSet:
 
 
 def _npz(path: Path) -> ImageSet:
+    if not zipfile.is_zipfile(path):  # np.load would try it as .npy or pickle
+        raise DataError(f"{path} is not an .npz archive (not a zip file)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if "x_train" not in archive.files:
@@ -137,54 +255,189 @@ def _npz(path: Path) -> ImageSet:
         raise DataError(f"cannot read {path} as .npz: {exc}") from exc
 
 
-def _check_image(path: Path) -> str:
-    """'' when the file decodes completely, else the reason it does not."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return ""
+# ---- image directories -----------------------------------------------------------------------
+
+def _scan(root: str, every: float, show: bool) -> list[bytes]:
+    """Relative paths (bytes) of the image files under ``root``: a depth-first walk with
+    os.scandir, each directory's entries in name order (the same order on every machine)."""
+    exts = tuple(e.encode() for e in IMAGE_EXTENSIONS)
+    found: list[bytes] = []
+    progress = Progress(f"listing {root}:", every=every, show=show, unit="files")
+    stack, visited = [b""], set()
+    while stack:
+        rel = stack.pop()
+        where = os.path.join(os.fsencode(root), rel)
+        try:
+            stat = os.stat(where)
+            if (stat.st_dev, stat.st_ino) in visited:  # a symlink loop
+                continue
+            visited.add((stat.st_dev, stat.st_ino))
+            with os.scandir(where) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"cannot read the data directory {os.fsdecode(where)}: "
+                            f"{exc.strerror or exc}") from exc
+        subdirs, before = [], len(found)
+        for entry in entries:
+            if entry.is_dir():
+                subdirs.append(os.path.join(rel, entry.name))
+            elif entry.name.lower().endswith(exts) and entry.is_file():
+                found.append(os.path.join(rel, entry.name))
+        stack.extend(reversed(subdirs))
+        progress.step(len(found) - before)
+    progress.close()
+    return found
 
 
-def _image_folder(root: Path, progress: Callable[[Sequence], Sequence]) -> ImageSet:
-    """Every image file under ``root``; labels are first-level folder names when all images
-    live in such folders (ImageFolder layout), otherwise there are none."""
+def _header_sample(index: FileIndex) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Largest sides read from the headers of up to ``HEADER_SAMPLE`` files spread over the
+    index (no decoding), and the files among them that do not open."""
+    picks = np.unique(np.linspace(0, len(index) - 1, min(len(index), HEADER_SAMPLE)).round())
+    sides, bad = [], []
+    for i in picks.astype(np.int64):
+        path = index.path(int(i))
+        try:
+            with Image.open(path) as img:
+                sides.append(max(img.size))
+        except Exception as exc:  # any failure means the file is unusable
+            bad.append((path, f"{type(exc).__name__}: {exc}"))
+    return np.asarray(sides, dtype=np.int64), bad
+
+
+_CHECKED: FileIndex | None = None  # the index a --check-images worker process reads
+
+
+def _check_init(index: FileIndex) -> None:
+    global _CHECKED
+    _CHECKED = index
+
+
+def _check_range(start: int, stop: int) -> list[tuple[int, str]]:
+    bad = []
+    for i in range(start, stop):
+        try:
+            decode_file(_CHECKED.path(i))
+        except UnreadableImage as exc:
+            bad.append((i, str(exc)))
+    return bad
+
+
+def check_files(index: FileIndex, workers: int, every: float = 10.0,
+                show: bool = True) -> list[tuple[int, str]]:
+    """(position, reason) of every file of ``index`` that does not decode, in index order;
+    ``workers`` processes decode the files in parallel."""
+    chunk = 512
+    ranges = [(s, min(s + chunk, len(index))) for s in range(0, len(index), chunk)]
+    progress = Progress("checking images:", total=len(ranges), every=every, show=show)
+    bad: list[tuple[int, str]] = []
+    if workers <= 1:
+        for start, stop in ranges:
+            _check_init(index)
+            bad += _check_range(start, stop)
+            progress.step(stop - start)
+    else:
+        # spawn: the parent may hold CUDA or process-group state that must not be forked.
+        with concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_check_init, initargs=(index,)) as pool:
+            futures = {pool.submit(_check_range, s, e): e - s for s, e in ranges}
+            for future in concurrent.futures.as_completed(futures):
+                bad += future.result()
+                progress.step(futures[future])
+    progress.close()
+    return sorted(bad)
+
+
+def _folder_labels(rel_paths: list[bytes]) -> tuple[np.ndarray | None, list[str]]:
+    """First-level folder names as labels when every image lives in such a folder."""
+    tops = [p.split(os.sep.encode(), 1) for p in rel_paths]
+    if not all(len(parts) == 2 for parts in tops):
+        return None, []
+    names = sorted({parts[0] for parts in tops})
+    number = {name: i for i, name in enumerate(names)}
+    labels = np.fromiter((number[parts[0]] for parts in tops), dtype=np.int64, count=len(tops))
+    return labels, [os.fsdecode(name) for name in names]
+
+
+def _image_folder(root: Path, check: bool, workers: int, every: float,
+                  show: bool) -> ImageSet:
+    """Every image file under ``root`` (listed, a sample of headers read); labels are
+    first-level folder names when all images live in such folders (ImageFolder layout)."""
     if not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"cannot read the data directory {root}: permission denied")
-    try:
-        files = sorted(p for p in root.rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    except OSError as exc:
-        raise DataError(f"cannot read the data directory {root}: {exc}") from exc
-    if not files:
+    rel_paths = _scan(str(root), every, show)
+    if not rel_paths:
         raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    good, skipped = [], []
-    for path in progress(files):
-        why = _check_image(path)
-        if why:
-            skipped.append((path, why))
-        else:
-            good.append(path)
-    for path, why in skipped:
-        warnings.warn(f"skipping unreadable image {path}: {why}", stacklevel=2)
-    if not good:
-        raise DataError(f"none of the {len(files)} image files in {root} can be read")
-    labels, class_names = None, []
-    parents = [p.relative_to(root).parts for p in good]
-    if all(len(parts) >= 2 for parts in parents):
-        class_names = sorted({parts[0] for parts in parents})
-        index = {name: i for i, name in enumerate(class_names)}
-        labels = np.array([index[parts[0]] for parts in parents], dtype=np.int64)
-    return ImageSet(str(root), good, 3, labels, class_names, skipped)
+    ends = np.cumsum(np.fromiter(map(len, rel_paths), dtype=np.int64, count=len(rel_paths)))
+    index = FileIndex(str(root), np.frombuffer(b"".join(rel_paths), dtype=np.uint8),
+                      ends - np.fromiter(map(len, rel_paths), dtype=np.int64), ends)
+    labels, class_names = _folder_labels(rel_paths)
+    del rel_paths
+    sides, bad_headers = _header_sample(index)
+    for path, why in bad_headers:
+        warnings.warn(f"unreadable image {path}: {why}", stacklevel=3)
+    if len(sides) == 0:
+        raise DataError(f"none of the {len(bad_headers)} image files sampled in {root} can be "
+                        f"read (first: {bad_headers[0][1]})")
+    skipped: list[tuple[str, str]] = []
+    if check:
+        bad = check_files(index, workers, every, show)
+        for _, why in bad:
+            warnings.warn(f"skipping unreadable image {why}", stacklevel=3)
+        if len(bad) == len(index):
+            raise DataError(f"none of the {len(index)} image files in {root} can be read")
+        keep = np.setdiff1d(np.arange(len(index)), [i for i, _ in bad])
+        skipped = [(index.path(i), why) for i, why in bad]
+        index = index.subset(keep)
+        labels = None if labels is None else labels[keep]
+    return ImageSet(str(root), index, 3, labels, class_names, skipped,
+                    native_size=int(np.median(sides)))
 
 
-def load_images(spec: str, progress: Callable[[Sequence], Sequence] = lambda s: s) -> ImageSet:
+def save_index(images: ImageSet, path: Path) -> None:
+    """Write a directory's index (paths, labels, classes, skipped files, typical size) to
+    ``path`` (.npz, atomically), for ``read_index``."""
+    index = images.images
+    if not isinstance(index, FileIndex):
+        raise TypeError("only an image directory's ImageSet has an index to save")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, format=np.array(INDEX_FORMAT), root=np.array(index.root),
+                 blob=index.blob, starts=index.starts, ends=index.ends,
+                 labels=np.zeros(0, np.int64) if images.labels is None else images.labels,
+                 has_labels=np.array(images.labels is not None),
+                 class_names=np.array(images.class_names, dtype=str),
+                 skipped=np.array(images.skipped, dtype=str).reshape(-1, 2),
+                 native_size=np.array(images.native_size))
+    os.replace(tmp, path)
+
+
+def read_index(path: Path, root: Path | None = None) -> ImageSet | None:
+    """The ImageSet saved by ``save_index``; None when ``path`` is missing, is not such an
+    index, or indexes another directory than ``root``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["format"]) != INDEX_FORMAT:
+                return None
+            if root is not None and str(f["root"]) != str(root):
+                return None
+            index = FileIndex(str(f["root"]), f["blob"], f["starts"], f["ends"])
+            labels = f["labels"] if bool(f["has_labels"]) else None
+            return ImageSet(index.root, index, 3, labels, [str(c) for c in f["class_names"]],
+                            [(str(p), str(w)) for p, w in f["skipped"]],
+                            int(f["native_size"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_images(spec: str, *, index_file: Path | None = None, check: bool = False,
+                workers: int = 1, every: float = 10.0, show: bool = True) -> ImageSet:
     """The dataset named by ``spec``: 'digits', 'fashion-mnist', a .npz file or a directory.
 
-    ``progress`` wraps the list of files checked when scanning a directory (e.g. tqdm). Corrupt
-    or truncated image files are skipped with a warning and listed in ``ImageSet.skipped``.
-    Raises ``DataError`` with a clear message for anything unusable.
+    A directory is listed (progress every ``every`` seconds when ``show``), not decoded; with
+    ``index_file`` its index is read from there when it indexes this directory, else built and
+    written there. ``check`` decodes every file once (``workers`` processes) and leaves out the
+    unreadable ones (``ImageSet.skipped``). Raises ``DataError`` for anything unusable.
     """
     if spec == "digits":
         return _digits()
@@ -196,7 +449,13 @@ def load_images(spec: str, progress: Callable[[Sequence], Sequence] = lambda s: 
             raise DataError(f"no such .npz file: {path}")
         return _npz(path)
     if path.is_dir():
-        return _image_folder(path, progress)
+        root = path.resolve()
+        if index_file is not None and (saved := read_index(index_file, root)) is not None:
+            return saved
+        images = _image_folder(root, check, workers, every, show)
+        if index_file is not None:
+            save_index(images, index_file)
+        return images
     if path.exists():
         raise DataError(f"--data {spec}: not a directory, an .npz file, 'digits' or "
                         "'fashion-mnist'")
@@ -205,7 +464,8 @@ def load_images(spec: str, progress: Callable[[Sequence], Sequence] = lambda s: 
 
 
 def default_image_size(images: ImageSet) -> int:
-    """Network input side when not given: 32 for images up to 32 px, 64 up to 64, else 224."""
+    """Network input side when not given: 32 for images up to 32 px, 64 up to 64, else 224
+    (for a directory, the median largest side of a sample of file headers)."""
     if images.native_size and images.native_size <= 32:
         return 32
     if images.native_size and images.native_size <= 64:
@@ -213,20 +473,33 @@ def default_image_size(images: ImageSet) -> int:
     return 224
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (C, H, W) -> float, normalised with ImageNet statistics."""
-    if x.shape[0] == 3:
-        mean, std = _MEAN_RGB, _STD_RGB
-    else:
-        mean, std = (sum(_MEAN_RGB) / 3,), (sum(_STD_RGB) / 3,)
-    return TF.normalize(x.float().div_(255.0), mean, std)
+def default_workers(images: ImageSet) -> int:
+    """Loader processes when not given: none for in-memory images; for files, the CPUs this
+    process may use, shared among the processes torchrun started on this machine."""
+    if isinstance(images.images, torch.Tensor):
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+# ---- pipelines ---------------------------------------------------------------------------------
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., C, H, W), on any device -> float32 normalised with ImageNet
+    statistics (done on the device, so batches travel as uint8)."""
+    mean, std = (_MEAN_RGB, _STD_RGB) if x.shape[-3] == 3 else \
+        ((sum(_MEAN_RGB) / 3,), (sum(_STD_RGB) / 3,))
+    shape = (len(mean), 1, 1)
+    mean_t = torch.tensor(mean, device=x.device).view(shape) * 255
+    scale_t = 1 / (torch.tensor(std, device=x.device).view(shape) * 255)
+    return (x.float() - mean_t) * scale_t
 
 
 def eval_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Deterministic pipeline for features: resize the short side, center crop, normalise."""
+    """Deterministic pipeline for features: resize the short side, centre crop (uint8)."""
     def transform(x: torch.Tensor) -> torch.Tensor:
         x = TF.resize(x, [image_size], antialias=True)
-        return _normalize(TF.center_crop(x, [image_size, image_size]))
+        return TF.center_crop(x, [image_size, image_size])
     return transform
 
 
@@ -241,7 +514,7 @@ def default_min_crop_scale(image_size: int) -> float:
 
 class TrainTransform:
     """Random resized crop (scale in [min_scale, 1], aspect ratio in [3/4, 4/3]) and horizontal
-    flip, drawn from a generator seeded by the caller, then normalisation. ``min_scale`` 0 picks
+    flip of a uint8 image, drawn from a generator seeded by the caller. ``min_scale`` 0 picks
     ``default_min_crop_scale(image_size)``."""
 
     def __init__(self, image_size: int, min_scale: float = 0.0):
@@ -270,34 +543,39 @@ class TrainTransform:
                             antialias=True)
         if torch.rand(1, generator=g).item() < 0.5:
             x = x.flip(-1)
-        return _normalize(x)
+        return x
 
 
-class FeatureDataset(Dataset):
-    """(image, index) through ``eval_transform``, for the feature pass."""
+class ImageDataset(Dataset):
+    """Both passes' samples: an item is an image index (feature pipeline) or an (index, seed)
+    pair from the sampler (training pipeline, augmentation drawn from the seed).
 
-    def __init__(self, images: ImageSet, image_size: int):
+    Returns (uint8 image, index, replaced): an image that cannot be decoded is replaced by the
+    next readable one in the index (wrapping around), so a run and its resume see the same
+    data; ``replaced`` tells the caller to count and list the file.
+    """
+
+    def __init__(self, images: ImageSet, image_size: int, min_scale: float = 0.0):
         self.images = images
-        self.transform = eval_transform(image_size)
+        self.eval_transform = eval_transform(image_size)
+        self.train_transform = TrainTransform(image_size, min_scale)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images.load(index)), index
+    def load(self, index: int) -> tuple[torch.Tensor, bool]:
+        """Image ``index`` or its replacement, and whether it was replaced."""
+        for step in range(min(MAX_REPLACEMENTS, len(self.images))):
+            try:
+                return self.images.load((index + step) % len(self.images)), step > 0
+            except UnreadableImage as exc:
+                last = exc
+        raise DataError(f"{MAX_REPLACEMENTS} consecutive image files from "
+                        f"{self.images.path(index)} cannot be read (last: {last}); run with "
+                        "--check-images to list them")
 
-
-class PseudoLabelDataset(Dataset):
-    """Training samples: indexed by (image index, augmentation seed) pairs from the sampler."""
-
-    def __init__(self, images: ImageSet, pseudo_labels: torch.Tensor, transform: TrainTransform):
-        self.images = images
-        self.pseudo_labels = pseudo_labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = item
-        return self.transform(self.images.load(index), seed), int(self.pseudo_labels[index])
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
+        index, seed = (item, None) if isinstance(item, int | np.integer) else item
+        x, replaced = self.load(int(index))
+        x = self.eval_transform(x) if seed is None else self.train_transform(x, seed)
+        return x, int(index), replaced

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from .data import FeatureDataset, ImageSet
+from .data import ImageDataset, ImageSet, normalize
 from .models import DeepClusterNet
 
 __all__ = ["EMBED", "TOP_CONV_MAX", "conv_layers", "display_images", "extract_features",
@@ -63,7 +63,7 @@ def extract_features(model: DeepClusterNet, images: ImageSet, *, image_size: int
 
     Names: ``EMBED``, "conv1".."convN" (pooled to at most ``pool_dim`` dims; 0 = unpooled,
     flattened), ``TOP_CONV_MAX``. Images go through the eval pipeline (resize, center crop,
-    normalise), the model in eval mode.
+    uint8), are normalised on ``device``, the model in eval mode.
     """
     taps = dict(conv_layers(model))
     unknown = sorted(set(layers) - set(taps) - {EMBED, TOP_CONV_MAX})
@@ -80,12 +80,12 @@ def extract_features(model: DeepClusterNet, images: ImageSet, *, image_size: int
                  name: str = name) -> None:
             caught[name] = output
         hooks.append(taps[name].register_forward_hook(hook))
-    loader = DataLoader(FeatureDataset(images, image_size), batch_size=batch_size,
+    loader = DataLoader(ImageDataset(images, image_size), batch_size=batch_size,
                         shuffle=False, num_workers=workers)
     out: dict[str, torch.Tensor] = {}
     try:
-        for x, index in loader:
-            x = _match_channels(x.to(device, non_blocking=True), in_channels)
+        for x, index, _ in loader:  # unreadable files come replaced by their next readable one
+            x = _match_channels(normalize(x.to(device, non_blocking=True)), in_channels)
             batch = {EMBED: model.embed(x)} if EMBED in layers else {}
             if not batch:
                 model.body(x)
@@ -108,8 +108,8 @@ def extract_features(model: DeepClusterNet, images: ImageSet, *, image_size: int
 
 def display_images(images: ImageSet, indices: Sequence[int], size: int) -> torch.Tensor:
     """uint8 (len(indices), C, size, size): the images as the network saw them, for pictures."""
-    shown = []
+    dataset, shown = ImageDataset(images, size), []
     for i in indices:
-        x = TF.resize(images.load(int(i)), [size], antialias=True)
+        x = TF.resize(dataset.load(int(i))[0], [size], antialias=True)
         shown.append(TF.center_crop(x, [size, size]))
     return torch.stack(shown)

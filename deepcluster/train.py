@@ -21,16 +21,17 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch.utils.data import DataLoader, Sampler
 
 from dc_kernels.backends import unavailable_reason
 
@@ -47,15 +48,17 @@ from .clustering import cluster_features, derived_seed
 from .config import Config, ConfigError, parse_config, resolve_device
 from .data import (
     DataError,
-    FeatureDataset,
+    ImageDataset,
     ImageSet,
-    PseudoLabelDataset,
-    TrainTransform,
+    decode_file,
     default_image_size,
+    default_workers,
     load_images,
+    normalize,
 )
 from .distributed import print0
 from .models import DeepClusterNet, build_model
+from .progress import Progress
 from .sampler import UniformLabelSampler
 
 # Purposes of the seeds derived from (run seed, epoch, purpose).
@@ -64,10 +67,6 @@ SEED_KMEANS, SEED_SAMPLER, SEED_TOP_LAYER, SEED_LOADER, SEED_SUBSET, SEED_RANK =
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); the last checkpoint is intact."""
-
-
-def _quiet() -> bool:
-    return not sys.stderr.isatty() or not distributed.is_main()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -105,15 +104,74 @@ def reset_top_layer(model: DeepClusterNet, k: int, seed: int, device: torch.devi
     return model.top_layer
 
 
-def extract_features(model: DeepClusterNet, loader: DataLoader, device: torch.device,
-                     amp: bool, desc: str) -> torch.Tensor:
-    """(N, feature_dim) float32 embeddings of the whole dataset, kept on ``device``."""
+def _feature_buffer(n: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Where one pass's features go: on the device when they take at most a quarter of its
+    free memory (the rest is the network's, and k-means'), else in pinned host memory as
+    float16 (1.28M x 4096 = 9.8 GiB), which dc_kernels streams to the GPU chunk by chunk."""
+    if device.type != "cuda" or n * dim * 4 <= torch.cuda.mem_get_info(device)[0] // 4:
+        return torch.empty(n, dim, device=device)
+    return torch.empty(n, dim, dtype=torch.float16, pin_memory=True)
+
+
+def extract_features(model: DeepClusterNet, loader: DataLoader, first: int, device: torch.device,
+                     amp: bool, progress: Progress) -> tuple[torch.Tensor, list[int]]:
+    """Embeddings of the images ``first``, ``first + 1``, ... that ``loader`` yields (row i =
+    image first + i; see ``_feature_buffer`` for where they are kept), and the images whose
+    file was unreadable (replaced by the next readable one)."""
     model.eval()
-    features = torch.empty(len(loader.dataset), model.feature_dim, device=device)
+    features = _feature_buffer(len(loader.sampler), model.feature_dim, device)
+    replaced: list[int] = []
     with torch.no_grad(), _autocast(device, amp):
-        for x, index in tqdm(loader, desc=desc, disable=_quiet(), leave=False):
-            features[index.to(device)] = model.embed(x.to(device, non_blocking=True)).float()
-    return features
+        for x, index, was_replaced in loader:
+            embedding = model.embed(normalize(x.to(device, non_blocking=True))).float()
+            if features.device != embedding.device:  # float16 on the host: saturate, not inf
+                embedding = embedding.clamp(-65504, 65504).to(features.dtype).cpu()
+            features[(index - first).to(features.device)] = embedding
+            replaced += index[was_replaced].tolist()
+            progress.step(len(index))
+    progress.close()
+    return features, replaced
+
+
+class _PassItems(Sampler):
+    """What the persistent loader loads next: the feature pass's image indices, or the training
+    pass's (index, seed) pairs. Its workers outlive the passes; only this changes."""
+
+    def __init__(self) -> None:
+        self.items: Any = ()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+
+class _LossMeter:
+    """The epoch's loss, summed on the device (no host sync per step) and read only when a
+    progress line is due or the epoch ends; a non-finite value stops training there."""
+
+    def __init__(self, device: torch.device, epoch: int):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count, self.epoch, self._read = 0, epoch, (0.0, 0)
+
+    def add(self, loss: torch.Tensor, count: int) -> None:
+        self.total += loss.detach().double() * count
+        self.count += count
+
+    def read(self) -> float:
+        total = float(self.total)
+        if not np.isfinite(total):
+            raise TrainingError(f"loss is {total} at epoch {self.epoch}, by sample "
+                                f"{self.count}: lower --lr (the checkpoint of the previous "
+                                "epoch is intact)")
+        return total
+
+    def since_last_read(self) -> str:
+        """'loss X': the mean over the samples since the previous call."""
+        total, (last_total, last_count) = self.read(), self._read
+        self._read = (total, self.count)
+        return f"loss {(total - last_total) / max(self.count - last_count, 1):.4f}"
 
 
 def _autocast(device: torch.device, amp: bool) -> torch.autocast:
@@ -121,11 +179,84 @@ def _autocast(device: torch.device, amp: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype, enabled=amp)
 
 
-def _loader(dataset: Any, config: Config, workers: int, seed: int, **kwargs: Any) -> DataLoader:
-    # An explicit generator keeps loaders off the global torch RNG (and seeds their workers).
-    return DataLoader(dataset, batch_size=config.batch_size, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator().manual_seed(seed), **kwargs)
+def _loader(dataset: ImageDataset, config: Config, workers: int, device: torch.device,
+            items: _PassItems) -> DataLoader:
+    """One loader for both passes: persistent workers (forked once per run), each keeping 4
+    batches ready; uint8 batches in pinned memory when they go to a GPU."""
+    # An explicit generator keeps the loader off the global torch RNG (and seeds its workers);
+    # augmentation does not use it (the sampler hands every sample its seed).
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=items, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(config.seed))
+
+
+INDEX_FILE = "index.npz"          # the image directory's file list, in --out
+UNREADABLE_FILE = "unreadable.txt"  # image files found unreadable, one "path<TAB>why" a line
+
+
+def _load_data(config: Config, out: Path | None) -> ImageSet:
+    """The images of ``--data``. A directory is listed once, by rank 0, and its index kept in
+    ``--out`` (a resumed run reads it back); the other ranks receive it from rank 0."""
+    folder = Path(config.data).expanduser().is_dir()
+    loaded: list[Any] = [None]
+    if distributed.is_main() or not folder:
+        index_file = None if out is None else out / INDEX_FILE
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        try:
+            if index_file is not None and folder:
+                out.mkdir(parents=True, exist_ok=True)
+            with distributed.warnings_on_main():
+                loaded[0] = load_images(config.data, index_file=index_file,
+                                        check=config.check_images,
+                                        workers=config.workers if config.workers > 0 else cpus,
+                                        every=config.log_every, show=distributed.is_main())
+        except DataError as exc:
+            loaded[0] = exc  # every rank raises it
+    if folder and dist.is_initialized():
+        dist.broadcast_object_list(loaded, src=0)
+    if isinstance(loaded[0], DataError):
+        raise loaded[0]
+    images: ImageSet = loaded[0]
+    if images.skipped:
+        print0(f"skipped {len(images.skipped)} unreadable image(s) (see the warnings above)")
+        _list_unreadable(out, images.skipped)
+    return images
+
+
+def _list_unreadable(out: Path | None, entries: list[tuple[str, str]]) -> None:
+    """Add ``entries`` (path, why) to --out's list of unreadable image files (rank 0)."""
+    if out is not None and entries and distributed.is_main():
+        with open(out / UNREADABLE_FILE, "a") as f:
+            f.writelines(f"{path}\t{why}\n" for path, why in entries)
+
+
+def _new_unreadable(found: list[int], known: set[int], images: ImageSet, epoch: int,
+                    device: torch.device, out: Path | None) -> int:
+    """Count this epoch's unreadable files (every rank's ``found``), warn about and list the
+    ones not seen before; returns the epoch's count."""
+    local = torch.tensor([-1, *sorted(set(found))], dtype=torch.int64, device=device)
+    every = {i for i in distributed.gather_labels(local, distributed.group()).tolist() if i >= 0}
+    new = sorted(every - known)
+    known.update(new)
+    entries = []
+    for i in new:
+        path = images.path(i)
+        try:
+            decode_file(path)
+            why = "failed while loading, reads now"
+        except ValueError as exc:
+            why = str(exc)
+        entries.append((path, why))
+    if every:
+        print0(f"epoch {epoch}: {len(every)} unreadable image file(s) replaced by the next "
+               f"readable one ({len(new)} new" + (f", listed in {out / UNREADABLE_FILE})"
+                                                 if out is not None else ")"), flush=True)
+    if distributed.is_main():
+        for path, why in entries:
+            warnings.warn(f"unreadable image {path}: {why}", stacklevel=2)
+    _list_unreadable(out, entries)
+    return len(every)
 
 
 def _label_scores(true: np.ndarray | None, pred: torch.Tensor) -> tuple[float | None, float | None]:
@@ -138,15 +269,20 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _summary(r: dict[str, Any]) -> str:
-    """The epoch's log line; '-' where a value does not apply (no clustering, no labels)."""
+def _summary(r: dict[str, Any], n: int) -> str:
+    """The epoch's log line (``n`` images); '-' where a value does not apply (no clustering,
+    no labels)."""
+    features_rate = n / r["time_features"] if "time_features" in r else None
     return (f"epoch {r['epoch']} | loss {r['loss']:.4f} | features "
-            f"{_fmt(r.get('time_features'), '.1f')}s pca {_fmt(r.get('time_pca'), '.2f')}s "
+            f"{_fmt(r.get('time_features'), '.1f')}s ({_fmt(features_rate, '.0f')} "
+            f"img/s) pca {_fmt(r.get('time_pca'), '.2f')}s "
             f"kmeans {_fmt(r.get('time_kmeans'), '.2f')}s obj {_fmt(r.get('kmeans_obj'), '.1f')} "
             f"empty {r.get('empty_clusters', '-')} splits {r.get('nsplit', '-')} | sizes "
             f"{r.get('size_min', '-')}/{_fmt(r.get('size_median'), 'g')}/{r.get('size_max', '-')}"
             f" | NMI(t-1,t) {_fmt(r.get('nmi_prev'))} | NMI labels {_fmt(r.get('nmi_labels'))} "
-            f"acc {_fmt(r.get('acc_labels'))} | train {r['time_train']:.1f}s")
+            f"acc {_fmt(r.get('acc_labels'))} | train {r['time_train']:.1f}s "
+            f"({n / r['time_train']:.0f} img/s)"
+            + (f" | unreadable {r['unreadable_images']}" if r.get("unreadable_images") else ""))
 
 
 def train(config: Config) -> list[dict[str, Any]]:
@@ -169,11 +305,7 @@ def train(config: Config) -> list[dict[str, Any]]:
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    with distributed.warnings_on_main():
-        images: ImageSet = load_images(config.data, progress=lambda files: tqdm(
-            files, desc="checking images", disable=_quiet()))
-    if images.skipped:
-        print0(f"skipped {len(images.skipped)} unreadable image(s) (see the warnings above)")
+    images = _load_data(config, out)
     if 0 < config.max_images < len(images):
         rng = np.random.default_rng(derived_seed(config.seed, 0, SEED_SUBSET))
         images = images.subset(np.sort(rng.choice(len(images), config.max_images, replace=False)))
@@ -184,8 +316,7 @@ def train(config: Config) -> list[dict[str, Any]]:
     if n < world:
         raise ConfigError(f"{n} images cannot be shared out among {world} processes")
     image_size = config.image_size or default_image_size(images)
-    workers = config.workers if config.workers >= 0 else (
-        0 if isinstance(images.images, torch.Tensor) else min(4, os.cpu_count() or 1))
+    workers = config.workers if config.workers >= 0 else default_workers(images)
     if checkpoint is not None and checkpoint["num_images"] != n:
         raise CheckpointError(f"checkpoint has {checkpoint['num_images']} images, the data "
                                   f"now has {n}: resume on the same data")
@@ -243,30 +374,37 @@ def train(config: Config) -> list[dict[str, Any]]:
            flush=True)
 
     # Each rank embeds its contiguous shard of the images: every image exactly once.
-    shard = images.subset(np.asarray(distributed.shard_range(n, rank, world)))
-    feature_loader = _loader(FeatureDataset(shard, image_size), config, workers, config.seed,
-                             shuffle=False)
-    train_transform = TrainTransform(image_size, config.min_crop_scale)
+    shard = distributed.shard_range(n, rank, world)
+    items = _PassItems()
+    loader = _loader(ImageDataset(images, image_size, config.min_crop_scale), config, workers,
+                     device, items)
+    unreadable: set[int] = set()  # image files found unreadable so far (in every epoch)
     sizes = None if assignments is None else np.bincount(assignments.cpu().numpy(),
                                                          minlength=config.k)
 
     # ---- the epoch loop
     for epoch in range(start_epoch, config.epochs):
         record: dict[str, Any] = {"epoch": epoch}
+        found: list[int] = []  # this epoch's unreadable files (their image indices)
         if assignments is None or epoch % config.reassign == 0:
-            start = time.perf_counter()
-            features = extract_features(model, feature_loader, device, config.amp,
-                                        f"epoch {epoch} features")
-            record["time_features"] = time.perf_counter() - start
+            items.items = shard
+            progress = Progress(f"epoch {epoch} features", len(loader), config.log_every,
+                                distributed.is_main())
+            features, found = extract_features(model, loader, shard.start, device, config.amp,
+                                               progress)
+            record["time_features"] = time.perf_counter() - progress.start
+            backend = config.kmeans_backend
+            if features.device != device and backend == "auto":
+                backend = "triton"  # dc_kernels streams host-resident features to the GPU
             clustering = cluster_features(
                 features, config.k, pca_dim=config.pca_dim, pca_power=config.pca_power,
                 niter=config.kmeans_iters, nredo=config.kmeans_redo,
                 seed=derived_seed(config.seed, epoch, SEED_KMEANS),
-                backend=config.kmeans_backend, process_group=distributed.group())
+                backend=backend, process_group=distributed.group())
             del features
             nmi_prev = None if assignments is None else metrics.nmi(assignments.cpu(),
                                                                     clustering.labels.cpu())
-            assignments, sizes = clustering.labels, clustering.sizes
+            assignments, sizes = clustering.labels.to(device), clustering.sizes
             nmi_labels, acc_labels = _label_scores(images.labels, assignments)
             record.update(
                 time_pca=clustering.time_pca, time_kmeans=clustering.time_kmeans,
@@ -282,38 +420,37 @@ def train(config: Config) -> list[dict[str, Any]]:
                                             weight_decay=config.wd)
 
         # Every rank draws the same global epoch and trains on its own share of it.
-        sampler = distributed.EpochShare(UniformLabelSampler(
+        items.items = distributed.EpochShare(UniformLabelSampler(
             assignments, n, derived_seed(config.seed, epoch, SEED_SAMPLER)), rank, world)
-        loader = _loader(PseudoLabelDataset(images, assignments.cpu(), train_transform), config,
-                         workers, derived_seed(config.seed, epoch, SEED_LOADER), sampler=sampler)
         net = distributed.wrap(model, device)  # DDP, rebuilt: the top layer may be new
         net.train()
-        start, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        progress = Progress(f"epoch {epoch}", len(loader), config.log_every,
+                            distributed.is_main())
+        loss = _LossMeter(device, epoch)
+        for x, index, was_replaced in loader:
+            x = normalize(x.to(device, non_blocking=True))
+            y = assignments[index.to(device, non_blocking=True)]
+            found += index[was_replaced].tolist()
             with _autocast(device, config.amp):
-                loss = F.cross_entropy(net(x), y)
+                batch_loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             top_optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(batch_loss).backward()
             scaler.step(optimizer)
             scaler.step(top_optimizer)
             scaler.update()
-            loss_value = loss.item()
-            if not np.isfinite(loss_value):
-                raise TrainingError(f"loss is {loss_value} at epoch {epoch} step {step}: lower "
-                                    "--lr (the checkpoint of the previous epoch is intact)")
-            loss_sum, seen = loss_sum + loss_value * len(y), seen + len(y)
-            print0(f"epoch {epoch} step {step + 1}/{len(loader)} loss {loss_value:.4f}",
-                   flush=True)
-        record["time_train"] = time.perf_counter() - start
+            loss.add(batch_loss, len(y))
+            progress.step(len(y), loss.since_last_read)
+        record["time_train"] = progress.close()
         distributed.sync_buffers(model)  # rank 0's BatchNorm statistics on every rank
-        loss_sum, seen = distributed.all_sum([loss_sum, seen], device)
+        loss_sum, seen = distributed.all_sum([loss.read(), loss.count], device)
         record["loss"] = loss_sum / seen
+        record["unreadable_images"] = _new_unreadable(found, unreadable, images, epoch, device,
+                                                      out)
 
         # ---- bookkeeping: record, then checkpoint (a kill between them is undone on resume)
         records.append(record)
-        print0(_summary(record), flush=True)
+        print0(_summary(record, n), flush=True)
         if out is not None and distributed.is_main():
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -15,7 +15,7 @@ from deepcluster import eval as dc_eval
 from deepcluster import eval_tasks, plots
 from deepcluster.checkpoint import model_from_checkpoint, save_checkpoint
 from deepcluster.config import Config
-from deepcluster.data import ImageSet, eval_transform
+from deepcluster.data import ImageSet, eval_transform, normalize
 from deepcluster.eval_features import EMBED, conv_layers, extract_features
 from deepcluster.models import build_model
 from tests.test_plots import png_size
@@ -147,7 +147,7 @@ def test_conv_layers_and_unpooled_features_match_a_manual_forward() -> None:
     feats = extract_features(model, images, image_size=32, in_channels=1,
                              layers=["conv1", "conv2", EMBED], device=torch.device("cpu"),
                              pool_dim=0, batch_size=3)
-    x = torch.stack([eval_transform(32)(images.load(i)) for i in range(7)])
+    x = normalize(torch.stack([eval_transform(32)(images.load(i)) for i in range(7)]))
     with torch.no_grad():
         # conv1 = Sobel, then the body's first conv-BN-ReLU; conv2 = up to the second ReLU.
         h1 = model.features[:3](model.sobel(x))
