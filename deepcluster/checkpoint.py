@@ -54,18 +54,29 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     """What is wrong with a file ``torch.load`` refused, in one line."""
+    unsafe = ("cannot be loaded safely (weights_only): it holds objects other than tensors and "
+              "plain values, so it is no deepcluster checkpoint")
     with open(path, "rb") as f:
         head = f.read(4)
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        why = "truncated or damaged (an incomplete zip archive): not a whole checkpoint"
-    elif isinstance(exc, pickle.UnpicklingError):
-        why = ("cannot be loaded safely (weights_only): it holds objects other than tensors "
-               "and plain values, so it is no deepcluster checkpoint")
-    elif head.startswith(b"PK"):
-        why = "a zip archive but not a PyTorch file: another program's file"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = None
+        if names is None:
+            why = "is truncated or damaged (an incomplete zip archive): not a whole checkpoint"
+        elif not any(name.endswith("data.pkl") for name in names):
+            why = "is a zip archive but not a PyTorch file: another program's file"
+        elif isinstance(exc, pickle.UnpicklingError):
+            why = unsafe
+        else:
+            why = f"is damaged: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}"
+    elif head.startswith(b"\x80") and isinstance(exc, pickle.UnpicklingError):
+        why = unsafe  # a pickle (torch's legacy format) holding more than tensors and values
     else:
-        why = "not a PyTorch file: another program's file, or damaged"
-    return CheckpointError(f"checkpoint {path} is {why}")
+        why = "is not a PyTorch file: another program's file, or damaged"
+    return CheckpointError(f"checkpoint {path} {why}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

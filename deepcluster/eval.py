@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from . import data as dc_data
-from . import eval_tasks, plots
+from . import eval_tasks, plots, rundir
 from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from .config import ConfigError, resolve_device
+from .config import SEED_LIMIT, ConfigError, resolve_device
 from .data import DataError, ImageSet, load_images
 from .eval_features import (
     EMBED,
@@ -48,6 +48,7 @@ from .eval_features import (
     extract_features,
 )
 from .models import DeepClusterNet, build_model
+from .rundir import OutputError
 
 TASKS = ("cluster", "linear", "knn", "retrieval", "extract", "pictures")
 DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
@@ -324,10 +325,6 @@ def _top_filter_images(responses: torch.Tensor, layer: str, images: ImageSet, si
                                  title=f"most activating images of {len(rows)} {layer} filters")
 
 
-def _read_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _conv1_picture(model: DeepClusterNet, path: Path) -> Path:
     sobel = model.sobel.filters.weight.detach().cpu() if model.sobel is not None else None
     return plots.plot_conv1_filters(model.conv1.weight.detach().cpu(), path,
@@ -352,8 +349,17 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
         raise EvalError(f"unknown task(s) {unknown}; choose from {TASKS}")
     if baseline not in (None, "random"):
         raise EvalError(f"--baseline must be 'random', got {baseline!r}")
+    for name, value, low in (("batch-size", batch_size, 1), ("workers", workers, 0),
+                             ("max-train", max_train, 0), ("max-test", max_test, 0),
+                             ("pool-dim", pool_dim, 0), ("probe-epochs", probe_epochs, 1),
+                             ("seed", seed, 0)):
+        if not low <= value or (name == "seed" and value >= SEED_LIMIT):
+            bound = "in [0, 2**32)" if name == "seed" else f"at least {low}"
+            raise EvalError(f"--{name} must be {bound}, got {value}")
     dev = resolve_device(device)
     checkpoint = Path(checkpoint)
+    out_dir = Path(out) if out is not None else checkpoint.parent / "eval"
+    rundir.writable_dir(out_dir)  # before anything is loaded: a read-only --out fails now
     state = load_checkpoint(checkpoint)
     spec = state["model_spec"]
     learned, config = model_from_checkpoint(state, dev)
@@ -361,8 +367,6 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
     if layer not in valid_layers:
         raise EvalError(f"--layer {layer!r} is not a layer of this {spec['arch']}; choose from "
                         f"{valid_layers}")
-    out_dir = Path(out) if out is not None else checkpoint.parent / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(data or config.data, test_data, seed=seed, max_train=max_train,
                          max_test=max_test)
     print(f"checkpoint {checkpoint}: {spec['arch']} (sobel {spec['sobel']}, width "
@@ -394,16 +398,17 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
     if pictures:
         metrics_file = checkpoint.parent / "metrics.jsonl"
         if metrics_file.is_file():
-            report.files.append(plots.plot_nmi_curves(_read_records(metrics_file),
+            report.files.append(plots.plot_nmi_curves(rundir.read_metrics(metrics_file),
                                                       out_dir / "nmi_curves.png"))
         else:
             print(f"no {metrics_file}: no NMI curves", flush=True)
         sizes = torch.bincount(state["assignments"].long(), minlength=config.k)
         report.files.append(plots.plot_cluster_sizes(sizes, out_dir / "cluster_sizes.png"))
     md = out_dir / "results.md"
-    md.write_text(f"Checkpoint `{checkpoint}` (epoch {state['epoch']}); {splits.description}."
-                  f"\n\n{report.markdown()}")
-    (out_dir / "results.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    rundir.write_text_atomic(md, f"Checkpoint `{checkpoint}` (epoch {state['epoch']}); "
+                                 f"{splits.description}.\n\n{report.markdown()}")
+    rundir.write_text_atomic(out_dir / "results.json",
+                             json.dumps(report.to_json(), indent=1) + "\n")
     report.files += [md, out_dir / "results.json"]
     return report
 
@@ -443,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``deepcluster-eval``; returns the exit status (2 for bad input)."""
+    """Entry point of ``deepcluster-eval``; returns the exit status: 2 for bad input or a fault
+    (one ``error:`` line), 130 for Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         report = evaluate(args.checkpoint, data=args.data, test_data=args.test_data,
@@ -453,8 +459,23 @@ def main(argv: list[str] | None = None) -> int:
                           max_test=args.max_test, pool_dim=args.pool_dim,
                           probe_epochs=args.probe_epochs, seed=args.seed,
                           kmeans_backend=args.kmeans_backend)
-    except (EvalError, ConfigError, DataError, CheckpointError) as exc:
+    except KeyboardInterrupt:
+        print("deepcluster-eval: interrupted (the files of --out may be incomplete; run it "
+              "again)", file=sys.stderr)
+        return 130
+    except (EvalError, ConfigError, DataError, CheckpointError, OutputError) as exc:
         print(f"deepcluster-eval: error: {exc}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) and \
+                "can't allocate memory" not in str(exc):
+            raise  # a bug: its traceback is the report
+        print(f"deepcluster-eval: error: out of memory: lower --batch-size (now "
+              f"{args.batch_size}) or --pool-dim (now {args.pool_dim})", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"deepcluster-eval: error: {rundir.os_reason(exc)}{where}", file=sys.stderr)
         return 2
     print()
     print(report.markdown(), end="")

@@ -31,8 +31,8 @@ from .config import NO_OUT, ConfigError
 
 LOCK_NAME = ".lock"
 # What a run writes and a restart sets aside when the run left no checkpoint.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "nmi.png", "cluster_sizes.png",
-             "conv1_filters.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "tensorboard", "unreadable.txt", "nmi.png",
+             "cluster_sizes.png", "conv1_filters.png")
 
 
 class OutputError(RuntimeError):
@@ -241,6 +241,13 @@ def _make_dirs(path: Path, fresh: bool) -> tuple[Path, list[Path]]:
         reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
         raise ConfigError(f"cannot create --out {path}: {reason}") from exc
     return path, missing
+
+
+def writable_dir(path: Path) -> None:
+    """Create ``path`` if needed and prove that a file can be written in it; ``ConfigError``
+    with the reason (read-only, full, a file in the way) otherwise."""
+    _make_dirs(path, fresh=False)
+    _probe(path)
 
 
 def _probe(path: Path) -> None:

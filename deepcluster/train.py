@@ -15,10 +15,12 @@ of one global epoch, and rank 0 alone writes files and logs (deepcluster/distrib
 docs/distributed.md).
 """
 
+import contextlib
 import datetime
 import json
 import os
 import random
+import shlex
 import sys
 import time
 import warnings
@@ -35,7 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from dc_kernels.backends import unavailable_reason
 
-from . import distributed, metrics, plots
+from . import distributed, metrics, plots, rundir
 from .checkpoint import (
     CheckpointError,
     check_compatible,
@@ -45,7 +47,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .clustering import cluster_features, derived_seed
-from .config import Config, ConfigError, parse_config, resolve_device
+from .config import NO_OUT, Config, ConfigError, parse_config, resolve_device
 from .data import (
     DataError,
     ImageDataset,
@@ -57,8 +59,10 @@ from .data import (
     normalize,
 )
 from .distributed import print0
+from .memory import check_fits
 from .models import DeepClusterNet, build_model
 from .progress import Progress
+from .rundir import OutputError
 from .sampler import UniformLabelSampler
 
 # Purposes of the seeds derived from (run seed, epoch, purpose).
@@ -69,28 +73,26 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss diverged); the last checkpoint is intact."""
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def prepare_out(config: Config, cleanup: contextlib.ExitStack) -> Path | None:
+    """The run's directory, the same on every rank (None with ``--out none``).
 
-
-def prepare_out(config: Config) -> Path | None:
-    """The output directory, refusing to overwrite an existing run unless resuming it."""
-    if not config.out:
-        if config.resume:
-            raise ConfigError("--resume needs --out DIR (the directory of the run to continue)")
+    Rank 0 creates it (a new ``runs/<data>-<date>-<time>`` when ``--out`` is not given), proves
+    it writable, locks it until ``cleanup`` closes, and refuses a directory that holds another
+    run or is in use (``rundir.open_run_dir``). ``config.out`` becomes its path, as config.yaml
+    and the resume command show it.
+    """
+    if config.out == NO_OUT:
         return None
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    has_run = (out / "checkpoint.pt").exists() or (out / "metrics.jsonl").exists()
-    if config.resume and not (out / "checkpoint.pt").exists():
-        raise ConfigError(f"--resume: no checkpoint.pt in {out} to continue from")
-    if has_run and not config.resume:
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose "
-                          "another --out (nothing was changed)")
-    return out
+    path = None
+    if distributed.is_main():
+        run_dir = rundir.open_run_dir(config.out, config.data, config.resume)
+        cleanup.callback(run_dir.close)
+        for note in run_dir.notes:
+            print(note, flush=True)
+        path = str(run_dir.path)
+    config.out = rundir.same_on_every_rank(path)
+    print0(f"output directory: {config.out}", flush=True)
+    return Path(config.out)
 
 
 def reset_top_layer(model: DeepClusterNet, k: int, seed: int, device: torch.device) -> nn.Linear:
@@ -163,8 +165,7 @@ class _LossMeter:
         total = float(self.total)
         if not np.isfinite(total):
             raise TrainingError(f"loss is {total} at epoch {self.epoch}, by sample "
-                                f"{self.count}: lower --lr (the checkpoint of the previous "
-                                "epoch is intact)")
+                                f"{self.count}: lower --lr or --wd")
         return total
 
     def since_last_read(self) -> str:
@@ -286,7 +287,16 @@ def _summary(r: dict[str, Any], n: int) -> str:
 
 
 def train(config: Config) -> list[dict[str, Any]]:
-    """Run (or resume) the training ``config`` describes; returns the per-epoch records."""
+    """Run (or resume) the training ``config`` describes; returns the per-epoch records. The
+    output directory is locked until this returns or raises."""
+    with contextlib.ExitStack() as cleanup:
+        records = _train(config, cleanup)
+    if config.out != NO_OUT:
+        print0(f"run written to {config.out}", flush=True)
+    return records
+
+
+def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]]:
     # ---- setup: everything that can fail on bad input fails here, before anything is written
     # Under torchrun: join the job (env://); each rank gets its own device (LOCAL_RANK's GPU).
     device = distributed.init(resolve_device(config.device),
@@ -297,9 +307,9 @@ def train(config: Config) -> list[dict[str, Any]]:
         if why:
             raise ConfigError(f"--kmeans-backend {config.kmeans_backend} cannot run on "
                               f"{device}: {why}")
-    out = prepare_out(config)
+    out = prepare_out(config, cleanup)
     checkpoint = None
-    if config.resume:
+    if out is not None and config.resume and (out / "checkpoint.pt").exists():
         checkpoint = load_checkpoint(out / "checkpoint.pt", map_location=device)
         check_compatible(checkpoint["config"], config, out / "checkpoint.pt")
     random.seed(config.seed)
@@ -324,6 +334,8 @@ def train(config: Config) -> list[dict[str, Any]]:
                   "in_channels": images.channels, "image_size": image_size,
                   "width": config.width}
     try:
+        check_fits(model_spec, config.batch_size, device,
+                   int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
         model = build_model(**model_spec).to(device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -342,8 +354,7 @@ def train(config: Config) -> list[dict[str, Any]]:
         if checkpoint["scaler"]:
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, assignments = checkpoint["epoch"], checkpoint["assignments"].to(device)
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()] if (out / "metrics.jsonl").exists() else []
+        records = rundir.read_metrics(out / "metrics.jsonl")
         # Records of an epoch the kill interrupted after its record but before its checkpoint.
         records = [r for r in records if r["epoch"] < start_epoch]
         set_rng_state(checkpoint["rng"])
@@ -355,8 +366,10 @@ def train(config: Config) -> list[dict[str, Any]]:
     writer = None
     if out is not None and distributed.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-        _write_atomic(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        rundir.write_text_atomic(out / "config.yaml",
+                                 yaml.safe_dump(config.to_dict(), sort_keys=False))
+        rundir.write_text_atomic(out / "metrics.jsonl",
+                                 "".join(json.dumps(r) + "\n" for r in records))
         try:
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(out / "tensorboard"))
@@ -452,8 +465,7 @@ def train(config: Config) -> list[dict[str, Any]]:
         records.append(record)
         print0(_summary(record, n), flush=True)
         if out is not None and distributed.is_main():
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            rundir.append_line(out / "metrics.jsonl", json.dumps(record))
             if writer is not None:
                 for key, value in record.items():
                     if isinstance(value, int | float) and key != "epoch":
@@ -480,22 +492,72 @@ def train(config: Config) -> list[dict[str, Any]]:
     return records
 
 
+def _left_behind(config: Config | None) -> str:
+    """What a run that stopped early left in its directory, in a few words ('' if nothing)."""
+    if config is None or config.out in ("", NO_OUT):
+        return ""
+    out = Path(config.out)
+    if (out / "checkpoint.pt").is_file():
+        return f"{out / 'checkpoint.pt'} is intact"
+    if any((out / name).exists() for name in rundir.RUN_FILES):
+        return f"no checkpoint yet in {out}: --resume starts the run over"
+    return ""
+
+
+def _resume_command(config: Config, argv: list[str]) -> str:
+    if distributed.env_world_size() > 1:
+        return f"relaunch the torchrun command with --out {config.out} --resume"
+    given_out = any(a == "--out" or a.startswith("--out=") for a in argv)
+    command = ["deepcluster-train", *argv, *([] if given_out else ["--out", config.out]),
+               *([] if "--resume" in argv else ["--resume"])]
+    return f"resume with: {shlex.join(command)}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``deepcluster-train``; returns the exit status (2 for bad input)."""
+    """Entry point of ``deepcluster-train``; returns the exit status: 2 for bad input or a fault
+    (one ``error:`` line), 130 for Ctrl-C (one line with the command that resumes)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = None
     try:
-        train(parse_config(argv))
-    except (ConfigError, DataError, CheckpointError, TrainingError) as exc:
-        print(f"deepcluster-train: error: {exc}", file=sys.stderr)
+        config = parse_config(argv)
+        train(config)
+    except KeyboardInterrupt:
+        left = _left_behind(config)
+        print0("deepcluster-train: interrupted" + (
+            f"; {left}; {_resume_command(config, argv)}" if left else
+            " before anything was written"), file=sys.stderr, flush=True)
+        return 130
+    except (ConfigError, DataError, CheckpointError, TrainingError, OutputError, OSError,
+            MemoryError, RuntimeError) as exc:
+        message = _error_message(exc, config)
+        if message is None:
+            raise  # a bug: its traceback is the report
+        left = _left_behind(config) if config is not None and config.out else ""
+        print(f"deepcluster-train: error: {message}" + (f" ({left})" if left else ""),
+              file=sys.stderr, flush=True)
         return 2
-    except RuntimeError:
-        if distributed.world_size() > 1:  # most often a lost peer (a rank died or timed out)
-            print(f"deepcluster-train: rank {distributed.rank()} stopped; if another rank died, "
-                  "relaunch the job with --resume (the last checkpoint is intact)",
-                  file=sys.stderr)
-        raise
     finally:
         distributed.teardown()
     return 0
+
+
+def _error_message(exc: BaseException, config: Config | None) -> str | None:
+    """The one line for a failure of the run (None: an unexpected error, a bug)."""
+    if isinstance(exc, ConfigError | DataError | CheckpointError | TrainingError | OutputError):
+        return str(exc)
+    out_of_memory = isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+    if out_of_memory:
+        now = f" (now {config.batch_size})" if config is not None else ""
+        return f"out of memory: lower --batch-size{now}, then --width or --image-size"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{rundir.os_reason(exc)}{where}"
+    if distributed.world_size() > 1:  # most often a lost peer (a rank died or timed out)
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        return (f"rank {distributed.rank()} stopped ({first}); if "
+                "another rank died, relaunch the job with --resume")
+    return None
 
 
 if __name__ == "__main__":
