@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .contract import FLOAT_DTYPES
+
 # Elements per piece of the finiteness pass: its temporaries stay small whatever the input.
 FINITE_CHUNK = 1 << 22
 
@@ -60,12 +61,12 @@ def to_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, ArrayKind]:
     )
 
 
-def check_float(t: torch.Tensor, name: str = "x") -> None:
-    if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(
-            f"{name} must have a floating dtype (float16, bfloat16, float32, float64), "
-            f"got {t.dtype}"
-        )
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int, or ValueError unless it is an integer >= ``minimum`` (0 or 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
+    return int(value)
 
 
 def check_finite(t: torch.Tensor, name: str = "x") -> None:
@@ -77,8 +78,7 @@ def check_finite(t: torch.Tensor, name: str = "x") -> None:
     for view in views:
         bad += (~torch.isfinite(view)).sum()
     if int(bad):
-        n_nan = sum(int(torch.isnan(view).sum()) for view in views)
-        raise ValueError(f"{name} contains {n_nan} NaN and {int(bad) - n_nan} Inf values")
+        raise ValueError(f"{name} contains {int(bad)} non-finite values (NaN or Inf)")
 
 
 def check_points(t: torch.Tensor, name: str = "x", d: int | None = None,
@@ -87,7 +87,9 @@ def check_points(t: torch.Tensor, name: str = "x", d: int | None = None,
     ranks = "(N, d) or (B, N, d)" if batched_ok else "(N, d)"
     if t.dim() not in ((2, 3) if batched_ok else (2,)):
         raise ValueError(f"{name} must have shape {ranks}, got shape {tuple(t.shape)}")
-    check_float(t, name)
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must have a floating dtype (float16, bfloat16, float32, "
+                         f"float64), got {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if d is not None and t.shape[-1] != d:

@@ -23,22 +23,22 @@ def shard_sizes(n_local: int, device: torch.device, group: dist.ProcessGroup) ->
     return [int(s) for s in sizes]
 
 
-def random_init(x: torch.Tensor, k: int, seed: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """The k distinct random rows a single process would pick from the concatenated data.
-
-    x is this rank's (B, N_local, d) shard; every rank returns the same (B, k, d) float32.
-    """
-    sizes = shard_sizes(x.shape[1], x.device, group)
+def random_init(x: torch.Tensor, k: int, seed: int,
+                group: dist.ProcessGroup | None) -> torch.Tensor:
+    """k distinct random rows of x (B, N, d), the same indices for every problem, as (B, k, d)
+    float32; with a group, x is this rank's shard and every rank gets the rows a single process
+    would pick from the concatenated data."""
+    sizes = [x.shape[1]] if group is None else shard_sizes(x.shape[1], x.device, group)
     total = sum(sizes)
     if k > total:
         raise ValueError(f"k={k} is larger than the number of points N={total} across ranks")
-    start = sum(sizes[:dist.get_rank(group)])
+    start = 0 if group is None else sum(sizes[:dist.get_rank(group)])
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(total, generator=generator)[:k].to(x.device)
     mine = (index >= start) & (index < start + x.shape[1])
     picked = torch.zeros(x.shape[0], k, x.shape[2], dtype=torch.float32, device=x.device)
     picked[:, mine] = x[:, index[mine] - start].float()
-    return _all_reduce(picked, group)
+    return picked if group is None else _all_reduce(picked, group)
 
 
 def all_reduce_(group: dist.ProcessGroup, *tensors: torch.Tensor) -> None:

@@ -1,30 +1,25 @@
 """The Lloyd driver: the one k-means loop, whatever the backend.
 
-A backend supplies steps (``assign``, ``cluster_sums``, ``finalize``, ``split``, and a
-``pruner`` where it has one); this loop owns everything else, once: the per-iteration statistics
-(objective, imbalance, splits), spherical normalisation, the clock and the verbose lines, the
-reduction of cluster sums and counts across the ranks of a process group, and the ways an
-iteration runs:
-- pieces of rows (dc_kernels._rows): all of x at once, or chunks of rows each assigned and
-  accumulated in turn, streamed from host memory to the GPU for a backend that
-  ``streams_host_data``;
-- captured: for a ``capturable`` backend on a GPU, small problems (launch-bound) run as a CUDA
-  graph of one iteration replayed every iteration; the iteration number lives on the device
-  (the split's draw reads it there), so nothing goes back to the host inside the loop;
-- pruned: a backend's ``pruner`` replaces ``assign`` by an exact bound-based search (the same
-  labels and distances, bit for bit, with rows skipped).
-Nothing inside the loop reads a value back to the host on device backends unless ``verbose``;
-the statistics are gathered once at the end.
+A backend supplies steps (``assign``, ``cluster_sums``, ``finalize``, ``split``, a ``pruner``
+where it has one); this loop owns the rest, once: the per-iteration statistics (objective,
+imbalance, splits), spherical normalisation, the clock and verbose lines, the sum of cluster
+sums and counts over a process group, and how an iteration runs:
+- over pieces of rows (dc_kernels._rows): all of x, or chunks each assigned and accumulated in
+  turn, streamed from host memory to the GPU for a backend that ``streams_host_data``;
+- captured: a ``capturable`` backend runs small (launch-bound) problems on a GPU as a CUDA
+  graph of one iteration replayed every iteration, the iteration number living on the device;
+- pruned: the backend's ``pruner`` replaces ``assign`` (the same results, rows skipped).
+On device backends nothing inside the loop reads a value back to the host unless ``verbose``.
 """
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from . import _distributed, _rows
-from ._clock import IterationClock
 from .backends.reference import TorchBackend
 from .contract import imbalance_factor
 
@@ -32,6 +27,31 @@ from .contract import imbalance_factor
 GRAPH_MAX_WORK = 1 << 36
 
 Iteration = int | torch.Tensor  # a host int, or a one-element int64 device tensor when captured
+
+
+class IterationClock:
+    """Marks the start on creation and each ``mark()`` after; CUDA events on GPUs (read once, at
+    the end), ``perf_counter`` on CPUs."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+        self.mark()
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """Seconds from the start to each mark (the first is 0)."""
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [self.marks[0].elapsed_time(m) / 1000.0 for m in self.marks]
+        return [m - self.marks[0] for m in self.marks]
 
 
 class _Stats:
@@ -56,41 +76,7 @@ class _Stats:
                  "nsplit": nsplit[i]} for i in range(len(times) - 1)]
 
 
-class _Step:
-    """One Lloyd iteration: assign and accumulate every piece of rows -> (reduce across ranks)
-    -> finalize -> statistics -> split -> (normalise)."""
-
-    def __init__(self, backend: TorchBackend, rows: _rows.Rows, k: int, precision: str,
-                 seed: int, spherical: bool, n_total: int, process_group: Any,
-                 assign: Callable):
-        batch, _, d = rows.x.shape
-        self.backend, self.rows, self.precision, self.seed = backend, rows, precision, seed
-        self.spherical, self.n_total, self.group, self.assign = (spherical, n_total,
-                                                                  process_group, assign)
-        device = rows.device
-        self.sums = torch.zeros(batch, k, d, dtype=torch.float32, device=device)
-        self.counts = torch.zeros(batch, k, dtype=torch.int64, device=device)
-        self.obj = torch.zeros(batch, dtype=torch.float64, device=device)
-
-    def __call__(self, centroids: torch.Tensor, it: Iteration, stats: _Stats) -> None:
-        sums, counts, obj = self.sums, self.counts, self.obj
-        for t in (sums, counts, obj):
-            t.zero_()
-        for problems, _, data in self.rows:
-            dist, labels = self.assign(data, centroids[problems], self.precision)
-            obj[problems] += dist.sum(-1, dtype=torch.float64)
-            self.backend.cluster_sums(data, labels, sums[problems], counts[problems])
-        if self.group is not None:
-            _distributed.all_reduce_(self.group, sums, counts, obj)
-        self.backend.finalize(sums, counts, centroids)
-        imbalance = imbalance_factor(counts, self.n_total)
-        nsplit = self.backend.split(centroids, counts, self.seed, it)
-        stats.record(it, obj, imbalance, nsplit)
-        if self.spherical:
-            centroids.div_(centroids.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-
-
-def _captured(step: _Step, centroids: torch.Tensor, stats: _Stats) -> Callable[[int], None]:
+def _captured(step: Callable, centroids: torch.Tensor, stats: _Stats) -> Callable[[int], None]:
     """One iteration captured as a CUDA graph; the returned callable replays it (the iteration
     number is a device counter that the graph itself advances)."""
     device = centroids.device
@@ -128,9 +114,28 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
     device = rows.device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         work = centroids.to(device)  # centroids itself unless x streams from host memory
-        pruner = None if rows.chunked else backend.pruner(x, k)
-        step = _Step(backend, rows, k, precision, seed, spherical, n, process_group,
-                     pruner or backend.assign)
+        assign = (None if rows.chunked else backend.pruner(x, k)) or backend.assign
+        sums = torch.zeros(batch, k, d, dtype=torch.float32, device=device)
+        counts = torch.zeros(batch, k, dtype=torch.int64, device=device)
+        obj = torch.zeros(batch, dtype=torch.float64, device=device)
+
+        def step(c: torch.Tensor, it: Iteration, stats: _Stats) -> None:
+            """One iteration: assign and accumulate every piece of rows -> (reduce across
+            ranks) -> finalize -> statistics -> split -> (normalise)."""
+            for t in (sums, counts, obj):
+                t.zero_()
+            for problems, _, data in rows:
+                dist, labels = assign(data, c[problems], precision)
+                obj[problems] += dist.sum(-1, dtype=torch.float64)
+                backend.cluster_sums(data, labels, sums[problems], counts[problems])
+            if process_group is not None:
+                _distributed.all_reduce_(process_group, sums, counts, obj)
+            backend.finalize(sums, counts, c)
+            imbalance = imbalance_factor(counts, n)
+            stats.record(it, obj, imbalance, backend.split(c, counts, seed, it))
+            if spherical:
+                c.div_(c.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+
         stats = _Stats(niter, batch, device)
         graph = (backend.capturable and device.type == "cuda" and not rows.streamed and niter > 0
                  and not verbose and process_group is None and batch * n * k * d <= GRAPH_MAX_WORK)

@@ -104,37 +104,36 @@ class _HostChunks:
             used[slot].record(compute)
 
 
-def _pieces(backend: TorchBackend, x: torch.Tensor) -> tuple[Rows, torch.device]:
-    device = compute_device(backend, x)
-    return Rows(x, device), device
+def _rows(backend: TorchBackend, x: torch.Tensor) -> Rows:
+    return Rows(x, compute_device(backend, x))
 
 
-def _finish(device: torch.device, streamed: bool) -> None:
-    if streamed:  # results were copied to the host asynchronously
-        torch.cuda.current_stream(device).synchronize()
+def _copied(rows: Rows) -> None:
+    """Wait for the asynchronous copies of results to the host."""
+    torch.cuda.current_stream(rows.device).synchronize()
 
 
 def assign(backend: TorchBackend, x: torch.Tensor, centroids: torch.Tensor,
            precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``backend.assign`` of x (B, N, d), streamed when x must be; results on x's device."""
-    rows, device = _pieces(backend, x)
+    rows = _rows(backend, x)
     if not rows.streamed:
         return backend.assign(x, centroids.to(x.device), precision)
-    c = centroids.to(device)
+    c = centroids.to(rows.device)
     dist = torch.empty(x.shape[:2], dtype=torch.float32).pin_memory()
     labels = torch.empty(x.shape[:2], dtype=torch.int64).pin_memory()
     for problems, span, data in rows:
         dd, ll = backend.assign(data, c[problems], precision)
         dist[problems, span].copy_(dd, non_blocking=True)
         labels[problems, span].copy_(ll, non_blocking=True)
-    _finish(device, True)
+    _copied(rows)
     return dist, labels
 
 
 def covariance(backend: TorchBackend, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``backend.covariance`` of x (N, d); streamed, the chunks' float64 moments are merged
     (Chan et al.'s pairwise update: no cancellation from a large mean). Results on x's device."""
-    rows, device = _pieces(backend, x.unsqueeze(0))
+    rows = _rows(backend, x.unsqueeze(0))
     if not rows.streamed:
         return backend.covariance(x)
     count, mean, scatter = 0, None, None
@@ -155,12 +154,12 @@ def covariance(backend: TorchBackend, x: torch.Tensor) -> tuple[torch.Tensor, to
 def pca_apply(backend: TorchBackend, x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
               normalize: bool) -> torch.Tensor:
     """``backend.pca_apply`` of x (N, d_in), streamed when x must be; result on x's device."""
-    rows, device = _pieces(backend, x.unsqueeze(0))
+    rows = _rows(backend, x.unsqueeze(0))
     if not rows.streamed:
         return backend.pca_apply(x, mean.to(x.device), proj.to(x.device), normalize)
-    mean, proj = mean.to(device), proj.to(device)
+    mean, proj = mean.to(rows.device), proj.to(rows.device)
     out = torch.empty(x.shape[0], proj.shape[1], dtype=torch.float32).pin_memory()
     for _, span, data in rows:
         out[span].copy_(backend.pca_apply(data[0], mean, proj, normalize), non_blocking=True)
-    _finish(device, True)
+    _copied(rows)
     return out

@@ -17,6 +17,9 @@ SPLIT_EPS = 1.0 / 1024.0
 
 MASK64 = (1 << 64) - 1
 
+# Point dtypes every entry point accepts (computation is fp32 whatever the input).
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:

@@ -39,13 +39,6 @@ class KmeansResult:
     backend: str = ""
 
 
-def _random_init(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """k distinct random points (the same indices for every problem of a batch), float32."""
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(x.shape[1], generator=generator)[:k].to(x.device)
-    return x[:, index].float().contiguous()
-
-
 def _subsample(x: torch.Tensor, k: int, max_points_per_centroid: int | None,
                seed: int) -> torch.Tensor:
     n = x.shape[1]
@@ -68,8 +61,7 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
              precision: str, process_group: Any = None,
              ) -> tuple[torch.Tensor, _arrays.ArrayKind, bool, torch.Tensor | None, TorchBackend]:
     """Validate and convert the inputs of a k-means run; returns batched tensors."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    _arrays.check_int("k", k, 1)
     check_precision(precision)
     xt, kind = _arrays.to_tensor(x)
     _arrays.check_points(xt, "x", d=d)
@@ -86,9 +78,7 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
         if tuple(it.shape) != want:
             raise ValueError(f"init_centroids must have shape {want}, got {tuple(it.shape)}")
         init = _arrays.as_batched(it).to(device=xb.device, dtype=torch.float32).contiguous()
-    if not xb.is_contiguous():
-        xb = xb.contiguous()
-    return xb, kind, batched, init, backend
+    return xb.contiguous(), kind, batched, init, backend
 
 
 def kmeans(x: Any, k: int, niter: int = 20, *, seed: int = DEFAULT_SEED, spherical: bool = False,
@@ -125,10 +115,8 @@ def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl
     """``nredo`` runs from different random starts (seeds seed, seed + 1, ...); each problem of
     the batch keeps the centroids of its run with the lowest final objective. The history holds
     every run's iterations, one after the other, with times that run on (as faiss's stats)."""
-    if isinstance(niter, bool) or not isinstance(niter, int | np.integer) or niter < 0:
-        raise ValueError(f"niter must be a non-negative integer, got {niter!r}")
-    if isinstance(nredo, bool) or not isinstance(nredo, int | np.integer) or nredo < 1:
-        raise ValueError(f"nredo must be a positive integer, got {nredo!r}")
+    _arrays.check_int("niter", niter, 0)
+    _arrays.check_int("nredo", nredo, 1)
     if nredo > 1 and init is not None:
         raise ValueError("nredo > 1 restarts from random points: it cannot be combined with "
                          "init_centroids")
@@ -144,12 +132,8 @@ def _train(xb: torch.Tensor, k: int, niter: int, init: torch.Tensor | None, impl
     best, best_obj, history = None, None, []
     for redo in range(nredo):
         run_seed = seed + redo
-        if init is not None:
-            centroids = init.clone()
-        elif process_group is not None:
-            centroids = _distributed.random_init(sample, k, run_seed, process_group)
-        else:
-            centroids = _random_init(sample, k, run_seed)
+        centroids = (init.clone() if init is not None
+                     else _distributed.random_init(sample, k, run_seed, process_group))
         centroids, run_history = lloyd(sample, centroids, niter, impl, precision, run_seed,
                                        spherical, verbose, process_group)
         elapsed = history[-1]["time"] if history else 0.0  # times run on across starts
@@ -188,23 +172,15 @@ class Kmeans:
         if unknown:
             raise ValueError(f"unknown Kmeans option(s) {unknown}; "
                              f"accepted: {sorted(self._OPTIONS)}")
-        for name, value in (("d", d), ("k", k)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.d, self.k = _arrays.check_int("d", d, 1), _arrays.check_int("k", k, 1)
         settings = {**self._OPTIONS, **options}
         check_precision(settings["precision"])
         if settings["backend"] not in NAMES:
             raise ValueError(f"unknown backend {settings['backend']!r}; choose one of {NAMES}")
-        self.d, self.k = int(d), int(k)
-        self.niter = settings["niter"]
-        self.seed = settings["seed"]
-        self.spherical = settings["spherical"]
-        self.backend = settings["backend"]
-        self.precision = settings["precision"]
-        self.max_points_per_centroid = settings["max_points_per_centroid"]
-        self.nredo = settings["nredo"]
-        self.verbose = settings["verbose"]
-        self.process_group = settings["process_group"]
+        # niter, seed, spherical, backend, precision, max_points_per_centroid, nredo, verbose,
+        # process_group: as faiss.Kmeans's attributes.
+        for name, value in settings.items():
+            setattr(self, name, value)
         self.centroids: Any = None
         self.obj: np.ndarray = np.zeros(0)
         self.iteration_stats: list[dict] = []
@@ -220,16 +196,11 @@ class Kmeans:
                                     self.seed, self.spherical, self.max_points_per_centroid,
                                     self.verbose, self.process_group, self.nredo)
         self._centroids_t, self._batched = centroids, batched
-        self.obj = np.array([row["obj"] for row in history])
-        self.iteration_stats = history
-        if not batched:
-            centroids = centroids[0]
-            self.obj = self.obj[:, 0] if len(history) else self.obj
-            self.iteration_stats = _unbatch_history(history)
-        self.centroids = kind.wrap(centroids)
-        if not len(history):
-            return float("nan") if not batched else np.full(xb.shape[0], np.nan)
-        return float(self.obj[-1]) if not batched else self.obj[-1]
+        self.iteration_stats = history if batched else _unbatch_history(history)
+        self.obj = np.array([row["obj"] for row in self.iteration_stats])
+        self.centroids = kind.wrap(centroids if batched else centroids[0])
+        last = self.obj[-1] if history else np.full(xb.shape[0], np.nan)
+        return last if batched else float(np.ravel(last)[0])
 
     def assign(self, x: Any) -> tuple[Any, Any]:
         """(D, I): squared distance to, and index of, the nearest centroid of each row."""

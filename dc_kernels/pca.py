@@ -2,7 +2,6 @@
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import _arrays, _distributed, _rows
@@ -23,14 +22,12 @@ class PCAWhitening:
     def __init__(self, d_in: int, d_out: int, eigen_power: float = -0.5, normalize: bool = True,
                  backend: str = "auto", eigenvalue_floor: float = 1e-8,
                  process_group: Any = None):
-        for name, value in (("d_in", d_in), ("d_out", d_out)):
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        d_in, d_out = _arrays.check_int("d_in", d_in, 1), _arrays.check_int("d_out", d_out, 1)
         if d_out > d_in:
             raise ValueError(f"d_out={d_out} must not exceed d_in={d_in}")
         if not 0.0 <= eigenvalue_floor < 1.0:
             raise ValueError(f"eigenvalue_floor must be in [0, 1), got {eigenvalue_floor}")
-        self.d_in, self.d_out = int(d_in), int(d_out)
+        self.d_in, self.d_out = d_in, d_out
         self.eigen_power = float(eigen_power)
         self.normalize = bool(normalize)
         self.backend = backend

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dc_kernels
-from dc_kernels import _cpu
+from dc_kernels import _cpu, testing
 from dc_kernels.backends import get_backend
 from dc_kernels.backends.cpu import CpuBackend
 
@@ -44,13 +44,8 @@ def assert_same(pruned: dc_kernels.KmeansResult, plain: dc_kernels.KmeansResult)
 def blobs(batch: int, n: int, k: int, d: int, spread: float,
           seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Points around k N(0, 1) centres with N(0, spread^2) noise; init: k distinct points."""
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.randn(batch, k, d, generator=gen)
-    owner = torch.randint(0, k, (batch, n), generator=gen)
-    x = torch.gather(centres, 1, owner[..., None].expand(-1, -1, d))
-    x = x + spread * torch.randn(batch, n, d, generator=gen)
-    init = x[:, torch.randperm(n, generator=gen)[:k]].contiguous()
-    return x, init
+    x = testing.blobs(n, d, k, seed=seed, spread=spread, batch=batch)
+    return x, testing.random_rows(x, k, seed=seed)
 
 
 # (batch, n, k, d, spread): well separated, overlapping (Lloyd keeps moving), K large enough
@@ -79,10 +74,7 @@ def test_pruned_equals_unpruned_with_splits(isa, monkeypatch):
 def test_pruned_equals_unpruned_on_exact_ties(isa, monkeypatch):
     # Integer points (many duplicates, many points exactly equidistant from two centroids) and
     # duplicated initial centroids: every near-tie rule of the assignment is exercised.
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randint(0, 3, (2, 2500, 6), generator=gen).float()
-    init = x[:, :48].clone()
-    init[:, 40:] = init[:, :8]
+    x, init = testing.exact_ties(2500, 6, 48, batch=2, seed=5, high=1)
     assert_same(run(x, init, 10, True, monkeypatch), run(x, init, 10, False, monkeypatch))
 
 

@@ -6,16 +6,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dc_kernels
-from tests import reference_numpy as ref
+from dc_kernels import testing
 
 WORLD = 2
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = ref.blobs(901, 12, centres=9, seed=21, spread=0.3)  # odd N: unequal shards
+    x = testing.blobs(901, 12, 9, seed=21, spread=0.3).numpy()  # odd N: unequal shards
     far_init = x[:40].copy()
     far_init[30:] = 100.0  # ten centroids that no point picks: they must be split
-    pca_x = ref.blobs(700, 16, centres=5, seed=22, spread=1.0)
+    pca_x = testing.blobs(700, 16, 5, seed=22, spread=1.0).numpy()
     return x, far_init, pca_x
 
 

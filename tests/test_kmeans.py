@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import dc_kernels
-from dc_kernels.backends import get_backend
+from dc_kernels import _lloyd, testing
+from dc_kernels.backends import AUTO_ORDER_VARIABLE, auto_order, get_backend
 from tests import reference_numpy as ref
 
 
@@ -222,3 +223,49 @@ def test_available_backends_reports_reasons():
         assert row["available"] or row["reason"]
     if not torch.cuda.is_available():
         assert "cuda" not in table["cuda"]["devices"]
+
+
+@pytest.mark.parametrize("spherical", [False, True])
+def test_chunked_pass_equals_whole_pass(backend, spherical):
+    # The driver's chunked pass (what host streaming runs, chunk by chunk on the GPU), here on
+    # CPU views. Integer rows: every cluster sum is exact in any order, so centroids, labels
+    # and splits agree bit for bit; objectives are float64 sums in another order.
+    x, init = testing.exact_ties(500, 6, 12, batch=2, seed=4)
+    impl = get_backend(backend, torch.device("cpu"))
+    runs = [_lloyd.lloyd(x, init.clone(), 5, impl, "fp32", seed=3, spherical=spherical,
+                         chunk_rows=rows) for rows in (None, 37, 500)]
+    (whole, whole_history), *chunked = runs
+    assert sum(int(h["nsplit"].sum()) for h in whole_history) > 0
+    for centroids, history in chunked:
+        assert torch.equal(centroids, whole)
+        for mine, theirs in zip(history, whole_history, strict=True):
+            np.testing.assert_array_equal(mine["nsplit"], theirs["nsplit"])
+            np.testing.assert_allclose(mine["obj"], theirs["obj"], rtol=1e-12)
+            np.testing.assert_array_equal(mine["imbalance_factor"], theirs["imbalance_factor"])
+
+
+def test_auto_order_follows_the_table_and_the_environment(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(AUTO_ORDER_VARIABLE, raising=False)
+    assert auto_order(cuda) == ["triton", "cuda", "torch"]  # as bench measured (README)
+    assert auto_order(cpu) == ["cpu", "torch"]
+    monkeypatch.setenv(AUTO_ORDER_VARIABLE, "cuda, triton,torch")
+    assert auto_order(cuda) == ["cuda", "triton", "torch"]
+    monkeypatch.setenv(AUTO_ORDER_VARIABLE, "torch,cpu")
+    assert auto_order(cpu) == ["torch", "cpu"]
+    assert get_backend("auto", cpu).name == "torch"
+    monkeypatch.setenv(AUTO_ORDER_VARIABLE, "cpu,gpu")
+    with pytest.raises(ValueError, match="unknown backends"):
+        get_backend("auto", cpu)
+
+
+def test_auto_picks_a_backend_that_has_the_precision(monkeypatch):
+    monkeypatch.delenv(AUTO_ORDER_VARIABLE, raising=False)
+    x = ref.blobs(200, 4, centres=3, seed=1)
+    res = dc_kernels.kmeans(x, 3, niter=2, precision="fp16")  # cpu has fp32 only
+    assert res.backend == "torch"
+    with pytest.raises(ValueError, match="precisions"):
+        dc_kernels.kmeans(x, 3, niter=2, backend="cpu", precision="fp16")
+    monkeypatch.setenv(AUTO_ORDER_VARIABLE, "cpu")
+    with pytest.raises(ValueError, match="cpu: it supports precisions"):
+        dc_kernels.kmeans(x, 3, niter=2, precision="fp16")

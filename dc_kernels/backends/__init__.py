@@ -74,29 +74,32 @@ def auto_order(device: torch.device) -> list[str]:
     return [name for name in names if device.type in ENTRIES[name].devices]
 
 
+def _why_not(name: str, device: torch.device, precision: str | None) -> str:
+    why = unavailable_reason(name, device)
+    if not why and precision is not None and precision not in ENTRIES[name].precisions:
+        why = f"it supports precisions {ENTRIES[name].precisions}, not {precision!r}"
+    return why
+
+
 def get_backend(name: str, device: torch.device, precision: str | None = None) -> "TorchBackend":
-    """The backend called ``name`` for data on ``device``; 'auto' picks the first of
-    ``auto_order`` that runs there and has ``precision``."""
+    """The backend called ``name`` for data on ``device`` (with ``precision`` when given);
+    'auto' picks the first of ``auto_order`` that can run it."""
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose one of {NAMES}")
     if name == "auto":
         reasons = []
         for candidate in auto_order(device):
-            why = unavailable_reason(candidate, device)
-            if not why and precision is not None and precision not in ENTRIES[candidate].precisions:
-                why = f"no {precision} precision"
+            why = _why_not(candidate, device, precision)
             if not why:
-                log.info("dc_kernels: backend 'auto' chose %r on %s", candidate, device)
-                return get_backend(candidate, device)
+                break
             reasons.append(f"{candidate}: {why}")
-        where = f"{device}" if precision is None else f"{device} in {precision}"
-        raise ValueError(f"no backend can run on {where}: " + "; ".join(reasons))
-    why = unavailable_reason(name, device)
+        else:
+            raise ValueError(f"no backend can run on {device}: " + "; ".join(reasons))
+        log.info("dc_kernels: backend 'auto' chose %r on %s", candidate, device)
+        name = candidate
+    why = _why_not(name, device, precision)
     if why:
         raise ValueError(f"backend {name!r} cannot run on {device}: {why}")
-    if precision is not None and precision not in ENTRIES[name].precisions:
-        raise ValueError(f"backend {name!r} supports precisions {ENTRIES[name].precisions}, "
-                         f"not {precision!r}")
     if name not in _instances:
         cls, _ = _backend_class(name)
         _instances[name] = cls()

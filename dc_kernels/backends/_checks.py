@@ -8,11 +8,11 @@ meta tensors.
 
 import torch
 
-FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# The kernels index rows, clusters and dims with 32-bit ints; the CUDA kernels put the batch on
-# grid axis y.
+from ..contract import FLOAT_DTYPES
+
+# The kernels index rows, clusters and dims with 32-bit ints (the CUDA extension checks its
+# batch limit, 65535 on grid axis y, itself).
 MAX_INT = (1 << 31) - 1
-MAX_CUDA_BATCH = 65535
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -34,15 +34,12 @@ def _check_points(name: str, t: torch.Tensor, rank: int) -> None:
     if t.dim() != rank:
         want = "(B, N, d)" if rank == 3 else "(N, d)"
         raise ValueError(f"{name} must have shape {want}, got {_shape(t)}")
-    if t.dtype not in FLOATS:
+    if t.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {_shape(t)}")
     if t.numel() == 0:
         raise ValueError(f"{name} is empty ({_shape(t)})")
     if max(t.shape) > MAX_INT:
         raise ValueError(f"{name} has a dimension of 2^31 or more ({_shape(t)})")
-    if rank == 3 and t.device.type == "cuda" and t.shape[0] > MAX_CUDA_BATCH:
-        raise ValueError(f"{name} holds {t.shape[0]} problems; the cuda backend runs at most "
-                         f"{MAX_CUDA_BATCH} at once")
 
 
 def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
@@ -56,14 +53,14 @@ def _check_in_place(**tensors: torch.Tensor) -> None:
             raise ValueError(f"{name} is updated in place and must be contiguous ({_shape(t)})")
 
 
-def _check_centroids(x: torch.Tensor, centroids: torch.Tensor) -> None:
-    if centroids.dim() != 3 or centroids.shape[0] != x.shape[0] or centroids.shape[2] != x.shape[2]:
-        raise ValueError(f"centroids must have shape (B, K, d) = ({x.shape[0]}, K, {x.shape[2]}) "
-                         f"for x of {_shape(x)}, got {_shape(centroids)}")
-    if centroids.dtype not in FLOATS:
-        raise ValueError(f"centroids must be floating, got {_shape(centroids)}")
-    if centroids.shape[1] < 1 or centroids.shape[1] > MAX_INT:
-        raise ValueError(f"centroids must hold 1 to 2^31 - 1 clusters, got {_shape(centroids)}")
+def _check_centroids(x: torch.Tensor, c: torch.Tensor, name: str = "centroids") -> None:
+    if c.dim() != 3 or c.shape[0] != x.shape[0] or c.shape[2] != x.shape[2]:
+        raise ValueError(f"{name} must have shape (B, K, d) = ({x.shape[0]}, K, {x.shape[2]}) "
+                         f"for x of {_shape(x)}, got {_shape(c)}")
+    if c.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be floating, got {_shape(c)}")
+    if c.shape[1] < 1 or c.shape[1] > MAX_INT:
+        raise ValueError(f"{name} must hold 1 to 2^31 - 1 clusters, got {_shape(c)}")
 
 
 def check_assign(x: torch.Tensor, centroids: torch.Tensor, precision: str,
@@ -82,7 +79,7 @@ def check_cluster_sums(x: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor
     """ValueError unless ``cluster_sums(x, labels, sums, counts)`` can run."""
     _check_devices(device_type, x=x, labels=labels, sums=sums, counts=counts)
     _check_points("x", x, 3)
-    _check_centroids(x, sums)
+    _check_centroids(x, sums, "sums")
     _check_dtype("sums", sums, torch.float32)
     if tuple(labels.shape) != tuple(x.shape[:2]):
         raise ValueError(f"labels must have shape (B, N) = {tuple(x.shape[:2])}, "
@@ -119,11 +116,11 @@ def check_pca_apply(x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
     _check_devices(device_type, x=x, mean=mean, proj=proj)
     _check_points("x", x, 2)
     d_in = x.shape[1]
-    if tuple(mean.shape) != (d_in,) or mean.dtype not in FLOATS:
+    if tuple(mean.shape) != (d_in,) or mean.dtype not in FLOAT_DTYPES:
         raise ValueError(f"mean must be floating of shape ({d_in},) for x of {_shape(x)}, "
                          f"got {_shape(mean)}")
     if proj.dim() != 2 or proj.shape[0] != d_in or not 1 <= proj.shape[1] <= MAX_INT \
-            or proj.dtype not in FLOATS:
+            or proj.dtype not in FLOAT_DTYPES:
         raise ValueError(f"proj must be floating of shape ({d_in}, d_out) for x of {_shape(x)}, "
                          f"got {_shape(proj)}")
 

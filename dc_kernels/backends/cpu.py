@@ -52,9 +52,7 @@ class _PrunedAssign:
 
     def __call__(self, x: torch.Tensor, centroids: torch.Tensor,
                  precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.shape != self.x.shape:
-            raise ValueError(f"a pruned assignment serves x of shape {tuple(self.x.shape)}, "
-                             f"got {tuple(x.shape)}")
+        """``assign(x, centroids, precision)`` for the x this was made for."""
         check_assign(self.x, centroids, precision, "cpu", CpuBackend.precisions)
         if centroids.dtype != torch.float32 or not centroids.is_contiguous():
             raise ValueError(f"a pruned assignment needs contiguous float32 centroids, got "

@@ -12,13 +12,10 @@ from triton.runtime.errors import OutOfResources
 
 from ..contract import PRECISIONS, check_precision
 
-# Precision names -> the integer code the kernels branch on at compile time (0 fp32, 1 tf32,
-# 2 bf16, 3 fp16).
-PRECISION_CODE = {name: code for code, name in enumerate(PRECISIONS)}
-
 
 def precision_code(precision: str) -> int:
-    return PRECISION_CODE[check_precision(precision)]
+    """The integer the kernels branch on at compile time: 0 fp32, 1 tf32, 2 bf16, 3 fp16."""
+    return PRECISIONS.index(check_precision(precision))
 
 
 def interpreting(t: torch.Tensor) -> bool:

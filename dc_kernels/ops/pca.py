@@ -79,27 +79,6 @@ def _upper_pairs(n_tiles: int, device: torch.device) -> torch.Tensor:
     return _PAIRS[key]
 
 
-def accumulate_gram(x: torch.Tensor, shift: torch.Tensor, gram: torch.Tensor) -> None:
-    """Add the upper-triangle tiles of (x - shift)^T (x - shift) into ``gram`` (d, d) float64.
-
-    x (n, d) any float dtype, shift (d,) float32; the lower triangle of ``gram`` is not
-    meaningful (``covariance_from_gram`` reads the upper one). Callers streaming x call this
-    per chunk. The products are fp32-accurate (3xTF32) by design: the fit is float64-grade,
-    so there is no precision to choose.
-    """
-    n, d = x.shape
-    if n == 0:
-        return
-    configs = gram_configs(d, interpreting(x))
-    block_m = configs[0]["BLOCK_M"]
-    pairs = _upper_pairs(triton.cdiv(d, block_m), x.device)
-    rows_per_chunk = min(ROWS_PER_CHUNK, max(64, next_pow2(n)))
-    grid = (pairs.numel() // 2, triton.cdiv(n, rows_per_chunk))
-    args = (x, shift, gram, pairs, n, d, x.stride(0), rows_per_chunk)
-    with device_guard(x):
-        launch(_gram_kernel, lambda meta: grid, args, configs, key=(block_m, x.dtype))
-
-
 def gram_configs(d: int, interp: bool) -> list[dict]:
     """Gram tiles, best first: two stages of 64 x 128 fp32 tiles fit Hopper's shared memory
     (three do not); one stage as the fallback."""
@@ -108,26 +87,27 @@ def gram_configs(d: int, interp: bool) -> list[dict]:
             for s in (2, 1)]
 
 
-def covariance_from_gram(gram: torch.Tensor, n: int, mean: torch.Tensor,
-                         shift: torch.Tensor) -> torch.Tensor:
-    """Population covariance from the upper triangle of the shifted Gram matrix of n rows."""
-    full = torch.triu(gram) + torch.triu(gram, 1).T
-    # Exact float64 correction for the shift not being the float64 mean.
-    delta = mean - shift.double()
-    return full / n - torch.outer(delta, delta)
-
-
 def covariance(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (d,) and population covariance (d, d) of the rows of x (N, d), both float64 (x as
-    checked by dc_kernels.backends._checks)."""
+    checked by dc_kernels.backends._checks). Products are fp32-accurate (3xTF32) by design: the
+    fit is float64-grade, so there is no precision to choose."""
     check_launchable(x, "covariance")
     n, d = x.shape
     x = x.contiguous()
     mean = x.sum(0, dtype=torch.float64) / n
     shift = mean.float()
     gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
-    accumulate_gram(x, shift, gram)
-    return mean, covariance_from_gram(gram, n, mean, shift)
+    configs = gram_configs(d, interpreting(x))
+    block_m = configs[0]["BLOCK_M"]
+    pairs = _upper_pairs(triton.cdiv(d, block_m), x.device)
+    rows_per_chunk = min(ROWS_PER_CHUNK, max(64, next_pow2(n)))
+    grid = (pairs.numel() // 2, triton.cdiv(n, rows_per_chunk))
+    args = (x, shift, gram, pairs, n, d, x.stride(0), rows_per_chunk)
+    with device_guard(x):
+        launch(_gram_kernel, lambda meta: grid, args, configs, key=(block_m, x.dtype))
+    full = torch.triu(gram) + torch.triu(gram, 1).T
+    delta = mean - shift.double()
+    return mean, full / n - torch.outer(delta, delta)
 
 
 def _cholqr(y: torch.Tensor) -> torch.Tensor:
