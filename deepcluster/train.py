@@ -232,17 +232,23 @@ def _list_unreadable(out: Path | None, entries: list[tuple[str, str]]) -> None:
             f.writelines(f"{path}\t{why}\n" for path, why in entries)
 
 
-def _new_unreadable(found: list[int], known: set[int], images: ImageSet, epoch: int,
+def _listed_unreadable(out: Path | None) -> set[str]:
+    """The files a previous part of the run (before a resume) found unreadable."""
+    if out is None or not (out / UNREADABLE_FILE).exists():
+        return set()
+    return {line.split("\t", 1)[0] for line in (out / UNREADABLE_FILE).read_text().splitlines()}
+
+
+def _new_unreadable(found: list[int], known: set[str], images: ImageSet, epoch: int,
                     device: torch.device, out: Path | None) -> int:
     """Count this epoch's unreadable files (every rank's ``found``), warn about and list the
-    ones not seen before; returns the epoch's count."""
+    ones not ``known`` before; returns the epoch's count."""
     local = torch.tensor([-1, *sorted(set(found))], dtype=torch.int64, device=device)
     every = {i for i in distributed.gather_labels(local, distributed.group()).tolist() if i >= 0}
-    new = sorted(every - known)
+    new = sorted(path for path in map(images.path, every) if path not in known)
     known.update(new)
     entries = []
-    for i in new:
-        path = images.path(i)
+    for path in new:
         try:
             decode_file(path)
             why = "failed while loading, reads now"
@@ -391,7 +397,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     items = _PassItems()
     loader = _loader(ImageDataset(images, image_size, config.min_crop_scale), config, workers,
                      device, items)
-    unreadable: set[int] = set()  # image files found unreadable so far (in every epoch)
+    unreadable = _listed_unreadable(out)  # image files found unreadable so far
     sizes = None if assignments is None else np.bincount(assignments.cpu().numpy(),
                                                          minlength=config.k)
 
