@@ -51,6 +51,10 @@ limit() {  # limit MAX: seconds this step may take, 0 when the budget is spent
   [ "$left" -lt 15 ] && { echo 0; return; }
   [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
+inner() {  # inner T: the --time-limit for a benchmark given T s, leaving room for its start-up
+  # (imports, data) and the provider that is running when the limit passes
+  echo $(( $1 > 30 ? $1 - 20 : $1 / 2 ))
+}
 record() {  # record NAME RC [WHY] (RC "skip": not run, for WHY, by default the time budget)
   [ "$2" = skip ] && { STEPS+=("$(printf '%-58s %s' "$1" "SKIPPED (${3:-time budget})")"); return; }
   local verdict="ok"
@@ -104,7 +108,7 @@ kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX [PROVIDERS TO SKIP...]
   step "k-means $shape ($iters iterations per call)"
   [ "$t" -eq 0 ] && { record "k-means $shape" skip; return; }
   timeout "$t" $PY -m bench.kmeans_bench --device cuda --shapes "$shape" --iters "$iters" \
-    --json "$LOG/kmeans_$tag.json" --time-limit $(( t - 15 )) --skip dc_kernels.torch "$@" \
+    --json "$LOG/kmeans_$tag.json" --time-limit "$(inner "$t")" --skip dc_kernels.torch "$@" \
     2>&1 | grep -v "Assertion .* failed" | tee "$LOG/kmeans_$tag.log"
   record "k-means $shape" "${PIPESTATUS[0]}"
 }
@@ -144,7 +148,7 @@ step "per-step times (assign / update / split) of every backend"
 t=$(limit 60)
 if [ "$t" -eq 0 ]; then record "step times" skip; else
   timeout "$t" $PY -m bench.step_bench --device cuda --iters 2 --json "$LOG/steps.json" \
-    --time-limit $(( t - 15 )) --skip dc_kernels.torch \
+    --time-limit "$(inner "$t")" --skip dc_kernels.torch \
     --shapes 8x131072x128:100,32x131072x128:1024,50000x256:1000 2>&1 | tee "$LOG/steps.log"
   record "step times" "${PIPESTATUS[0]}"
 fi
@@ -159,7 +163,7 @@ if skipped pca; then record "PCA bench" skip SKIP_STEPS; else
   t=$(limit 120)
   if [ "$t" -eq 0 ]; then record "PCA bench" skip; else
     timeout "$t" $PY -m bench.pca_bench --device cuda --n 1281167 --d-in 4096 --d-out 256 \
-      --skip dc_kernels.torch --time-limit $(( t - 15 )) --json "$LOG/pca.json" 2>&1 \
+      --skip dc_kernels.torch --time-limit "$(inner "$t")" --json "$LOG/pca.json" 2>&1 \
       | tee "$LOG/pca.log"
     record "PCA bench" "${PIPESTATUS[0]}"
   fi

@@ -263,9 +263,13 @@ def providers(device: torch.device, shape: Shape) -> list[Provider]:
 
 
 def measure(bench: Bench, provider: Provider, data: Data) -> Measured:
-    call, result = provider.run(data.x, data.init, data.iters), []
-    timing = bench.time(lambda: result.append(call()))
-    centroids, ran = result[-1]
+    call, last = provider.run(data.x, data.init, data.iters), [None]
+
+    def keep_last() -> None:  # do_bench may call hundreds of times: hold one result only
+        last[0] = call()
+
+    timing = bench.time(keep_last)
+    centroids, ran = last[0]
     inertia, empty = evaluate(data.x, torch.as_tensor(centroids))
     note = f"timed over {ran:g} iterations" if ran != data.iters else ""
     return Measured(timing.per(ran), {"inertia": inertia, "empty": empty,
