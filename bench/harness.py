@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -199,7 +199,7 @@ def load_average() -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     meta: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv, "device": str(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "load": load_average(),
     }

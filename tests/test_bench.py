@@ -119,3 +119,39 @@ def test_kmeans_bench_end_to_end(tmp_path, monkeypatch):
             assert row["note"]
         else:
             assert abs(row["rel_inert"]) < 1e-5, row
+
+
+def test_gpu_summary_verdicts(tmp_path, capsys):
+    from bench import gpu_summary
+
+    def write(name, rows):
+        doc = {"meta": {}, "rows": [row.as_json() for row in rows]}
+        (tmp_path / name).write_text(json.dumps(doc))
+
+    shape = "1281167x256:10000"
+    write("kmeans_a.json", [
+        harness.Row(shape, "dc_kernels.triton", "fp16", ms=10.0,
+                    metrics={"empty": 0.0, "rel_inert": 1e-4}),
+        harness.Row(shape, "dc_kernels.triton", "tf32", ms=40.0,
+                    metrics={"empty": 3.0, "rel_inert": 1e-2}),
+        harness.Row(shape, "flash-kmeans", "fp16", ms=20.0),
+        harness.Row(shape, "flash-kmeans", "fp32", note="ModuleNotFoundError"),
+    ])
+    write("pca.json", [harness.Row("n", "torch-pipeline", "fp32", ms=100.0,
+                                   metrics={"apply_ms": 50.0}),
+                       harness.Row("n", "dc_kernels.triton", "fp32", ms=40.0,
+                                   metrics={"apply_ms": 30.0})])
+    gpu_summary.main(tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+
+    def line(start):
+        return next(text for text in lines if text.startswith(start)).split()
+
+    assert line(f"{shape} dc_kernels.triton fp16 vs flash-kmeans fp16")[-2:] == ["0.8", "ok"]
+    assert line(f"{shape} dc_kernels.triton fp16 vs flash-kmeans fp16")[-3] == "0.50"
+    assert line(f"{shape} dc_kernels.triton tf32 vs flash-kmeans fp32")[-1] == "n/a"
+    assert any("3 empty clusters" in text for text in lines)
+    assert any("tf32: inertia +1.0e-02" in text for text in lines)
+    assert not any("fp16: inertia" in text for text in lines)
+    assert line("PCA fit+apply dc_kernels.triton")[-3:] == ["0.40", "0.5", "ok"]
+    assert line("PCA apply dc_kernels.triton")[-3:] == ["0.60", "0.4", "MISSED"]
