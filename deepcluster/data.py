@@ -262,7 +262,8 @@ def _scan(root: str, every: float, show: bool) -> list[bytes]:
     os.scandir, each directory's entries in name order (the same order on every machine)."""
     exts = tuple(e.encode() for e in IMAGE_EXTENSIONS)
     found: list[bytes] = []
-    progress = Progress(f"listing {root}:", every=every, show=show, unit="files")
+    # Not a line per directory, even when training prints one per step.
+    progress = Progress(f"listing {root}:", every=max(every, 2.0), show=show, unit="files")
     stack, visited = [b""], set()
     while stack:
         rel = stack.pop()
