@@ -289,7 +289,8 @@ def _summary(r: dict[str, Any], n: int) -> str:
             f" | NMI(t-1,t) {_fmt(r.get('nmi_prev'))} | NMI labels {_fmt(r.get('nmi_labels'))} "
             f"acc {_fmt(r.get('acc_labels'))} | train {r['time_train']:.1f}s "
             f"({n / r['time_train']:.0f} img/s)"
-            + (f" | unreadable {r['unreadable_images']}" if r.get("unreadable_images") else ""))
+            + (f" | unreadable {r['unreadable_images']}" if r.get("unreadable_images") else "")
+            + (f" | GPU peak {r['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in r else ""))
 
 
 def train(config: Config) -> list[dict[str, Any]]:
@@ -466,6 +467,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
         record["loss"] = loss_sum / seen
         record["unreadable_images"] = _new_unreadable(found, unreadable, images, epoch, device,
                                                       out)
+        if device.type == "cuda":  # the run's peak so far (training, features and clustering)
+            record["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
         # ---- bookkeeping: record, then checkpoint (a kill between them is undone on resume)
         records.append(record)
