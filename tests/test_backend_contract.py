@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import dc_kernels
-from dc_kernels import _loader, testing
+from dc_kernels import _lloyd, _loader, _rows, testing
 from dc_kernels.backends import get_backend, unavailable_reason
 from dc_kernels.backends.reference import TorchBackend
 from dc_kernels.contract import PRECISIONS, mix64, split_draw
@@ -489,3 +489,63 @@ def test_gpu_kmeans_splits_thousands_of_empty_clusters(gpu_case):
     # A cluster can still empty out in the final assignment (a split copy whose donor's points
     # all lie on one side): a handful is tolerated; the benchmark reports the exact count.
     assert int((torch.bincount(res.labels.cpu(), minlength=5000) == 0).sum()) <= 5
+
+
+def _integer_blobs(n: int, d: int, centres: int, seed: int, batch: int | None = None):
+    """Blobs rounded to small integers: cluster sums are exact in fp32 whatever the order of
+    the atomic additions, so runs that differ only in that order follow one trajectory."""
+    return torch.round(8.0 * testing.blobs(n, d, centres, seed=seed, spread=0.3, batch=batch))
+
+
+def test_gpu_graph_loop_equals_eager_loop(gpu_case, monkeypatch):
+    if not gpu_case.backend.capturable:
+        pytest.skip(f"backend {gpu_case.name!r} is not capturable")
+    x, = gpu_case.put(_integer_blobs(50_000, 64, 100, seed=1, batch=2))
+    init = torch.cat([x[:, :60], x[:, :40]], dim=1).contiguous()  # duplicates: splits happen
+    graph = dc_kernels.kmeans(x, 100, niter=6, init_centroids=init, backend=gpu_case.name, seed=5)
+    monkeypatch.setattr(_lloyd, "GRAPH_MAX_WORK", 0)
+    eager = dc_kernels.kmeans(x, 100, niter=6, init_centroids=init, backend=gpu_case.name, seed=5)
+    assert [h["nsplit"].tolist() for h in graph.history] == \
+        [h["nsplit"].tolist() for h in eager.history]
+    assert sum(int(h["nsplit"].sum()) for h in graph.history) > 0
+    torch.testing.assert_close(graph.centroids, eager.centroids, rtol=1e-5, atol=1e-5)
+    assert float((graph.labels != eager.labels).double().mean()) < 1e-4
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_gpu_host_data_streams_to_the_same_result(gpu_case, monkeypatch, pinned):
+    if not gpu_case.backend.streams_host_data:
+        pytest.skip(f"backend {gpu_case.name!r} does not stream host data")
+    xi = _integer_blobs(120_000, 64, 200, seed=2)
+    init = xi[:200].clone()
+    in_memory = dc_kernels.kmeans(*gpu_case.put(xi), 200, niter=5,
+                                  init_centroids=gpu_case.put(init)[0], backend=gpu_case.name)
+    monkeypatch.setattr(_rows, "STREAM_CHUNK_BYTES", 3 << 20)  # 10 chunks
+    host = xi.pin_memory() if pinned else xi
+    streamed = dc_kernels.kmeans(host, 200, niter=5, init_centroids=init, backend=gpu_case.name)
+    assert streamed.labels.device.type == "cpu"
+    torch.testing.assert_close(streamed.centroids, in_memory.centroids.cpu(), rtol=1e-5,
+                               atol=1e-5)
+    assert float((streamed.labels != in_memory.labels.cpu()).double().mean()) < 1e-4
+    np.testing.assert_allclose(streamed.inertia, in_memory.inertia, rtol=1e-6)
+    x = correlated(120_000, 64, seed=2)
+    on_gpu = dc_kernels.PCAWhitening(64, 16, backend=gpu_case.name).train(*gpu_case.put(x))
+    streamed = dc_kernels.PCAWhitening(64, 16, backend=gpu_case.name).train(
+        x.pin_memory() if pinned else x)
+    # fp32 Gram partials grouped by other chunks: agreement to fp32 rounding.
+    torch.testing.assert_close(streamed.eigenvalues, on_gpu.eigenvalues.cpu(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(streamed.apply(x), on_gpu.apply(x.cuda()).cpu(), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_gpu_pca_whitening_at_size(gpu_case):
+    x = correlated(50_000, 512, seed=3)
+    pca = dc_kernels.PCAWhitening(512, 64, backend=gpu_case.name).train(*gpu_case.put(x))
+    mean64, cov64 = oracle.covariance(x.numpy())
+    values64, _ = oracle.top_eigh(cov64, 64)
+    np.testing.assert_allclose(_host(pca.mean), mean64, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(_host(pca.eigenvalues), values64, rtol=1e-4)
+    proj = _host(pca.components).T * _host(pca.eigenvalues) ** -0.5
+    np.testing.assert_allclose(_host(pca.apply(*gpu_case.put(x[:5000]))),
+                               oracle.pca_apply(x[:5000].numpy(), mean64, proj, True),
+                               rtol=1e-3, atol=1e-4)
