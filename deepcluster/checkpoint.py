@@ -23,6 +23,7 @@ import dataclasses
 import pickle
 import random
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ FORMAT = "deepcluster/1"
 KEYS = {"config": dict, "model_spec": dict, "model": dict, "optimizer": dict,
         "top_optimizer": dict, "scaler": dict, "epoch": int, "rng": dict,
         "assignments": torch.Tensor, "num_images": int}
+# What evaluation reads: the network and the last clustering (no training state).
+MODEL_KEYS = ("config", "model_spec", "model", "epoch", "assignments")
 MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size", "width"}
 
 
@@ -79,12 +82,14 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     return CheckpointError(f"checkpoint {path} {why}")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    keys: Iterable[str] = tuple(KEYS)) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (no code from the file runs).
 
     Returns the dict described in the module docstring; raises ``CheckpointError`` with a
     one-line reason when the file is missing, empty, truncated, another program's, holds
-    anything but tensors and plain values, or lacks a key.
+    anything but tensors and plain values, or lacks one of ``keys`` (default: all, as resuming
+    needs; ``MODEL_KEYS`` for the network alone).
     """
     path = Path(path)
     if not path.is_file():
@@ -102,12 +107,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise _unreadable(path, exc) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a deepcluster checkpoint (format {FORMAT!r})")
-    problems = [f"{key} missing" if key not in state else f"{key} is not a {kind.__name__}"
-                for key, kind in KEYS.items() if not isinstance(state.get(key), kind)]
-    if not problems:
+    problems = [f"{key} missing" if key not in state else f"{key} is not a {KEYS[key].__name__}"
+                for key in keys if not isinstance(state.get(key), KEYS[key])]
+    if not problems and "config" in keys:
         fields = {f.name for f in dataclasses.fields(Config)}
         problems += [f"unknown setting {name!r} in its config"
                      for name in sorted(set(state["config"]) - fields)]
+    if not problems and "model_spec" in keys:
         problems += [f"model_spec lacks {name!r}"
                      for name in sorted(MODEL_SPEC_KEYS - set(state["model_spec"]))]
     if problems:
@@ -137,7 +143,7 @@ def model_from_checkpoint(source: str | Path | dict[str, Any],
     ``source`` is a checkpoint path or a dict from ``load_checkpoint``. The feature extractor is
     ``model.embed``; its input pipeline is ``data.eval_transform(model_spec["image_size"])``.
     """
-    state = source if isinstance(source, dict) else load_checkpoint(source)
+    state = source if isinstance(source, dict) else load_checkpoint(source, keys=MODEL_KEYS)
     spec = state["model_spec"]
     try:
         model = build_model(spec["arch"], spec["num_clusters"], sobel=spec["sobel"],

@@ -37,7 +37,7 @@ import torch
 
 from . import data as dc_data
 from . import eval_tasks, plots, rundir
-from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from .checkpoint import MODEL_KEYS, CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import SEED_LIMIT, ConfigError, resolve_device
 from .data import DataError, ImageSet, load_images
 from .eval_features import (
@@ -360,7 +360,7 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
     checkpoint = Path(checkpoint)
     out_dir = Path(out) if out is not None else checkpoint.parent / "eval"
     rundir.writable_dir(out_dir)  # before anything is loaded: a read-only --out fails now
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, keys=MODEL_KEYS)
     spec = state["model_spec"]
     learned, config = model_from_checkpoint(state, dev)
     valid_layers = [EMBED, *(name for name, _ in conv_layers(learned))]

@@ -87,15 +87,18 @@ def write_text_atomic(path: Path, text: str) -> None:
 def append_line(path: Path, line: str) -> None:
     """Append ``line`` + newline to ``path``; on failure cut the file back to its old length (if
     even that fails, ``read_metrics`` skips the partial last line)."""
-    with open(path, "ab") as f:
-        size = f.tell()
-        try:
-            f.write((line + "\n").encode())
-            f.flush()
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                f.truncate(size)
-            raise OutputError(f"cannot append to {path}: {os_reason(exc)}") from exc
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        rest = memoryview((line + "\n").encode())
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise OutputError(f"cannot append to {path}: {os_reason(exc)}") from exc
+    finally:
+        os.close(fd)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

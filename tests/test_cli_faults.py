@@ -23,9 +23,10 @@ import pytest
 import torch
 
 from deepcluster import eval as dc_eval
-from deepcluster import memory
+from deepcluster import memory, rundir
 from deepcluster.checkpoint import CheckpointError, load_checkpoint
 from deepcluster.config import ConfigError, parse_config
+from deepcluster.rundir import OutputError, append_line
 from deepcluster.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +283,13 @@ def test_partial_last_metrics_line_is_tolerated_on_resume(finished_run, tmp_path
     assert "metrics.jsonl line 1 is not a per-epoch record" in line
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_an_append_to_a_full_disk_says_so():
+    # /dev/full answers every write with ENOSPC, as a full disk does.
+    with pytest.raises(OutputError, match="cannot append to /dev/full: no space left on device"):
+        append_line(Path("/dev/full"), '{"epoch": 0}')
+
+
 def test_disk_full_at_the_first_checkpoint(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     real_save = torch.save
@@ -309,15 +317,14 @@ def test_disk_full_while_resuming_leaves_config_and_checkpoint(finished_run, tmp
         raise OSError(errno.ENOSPC, "No space left on device")
     args = [*finished_run[1], "--epochs", "2", "--out", str(run), "--resume"]
     # The disk fills after the start-up probe: the config.yaml rewrite is the first to fail.
-    real_probe = dc_rundir_probe = __import__("deepcluster.rundir", fromlist=["_probe"])._probe
+    real_probe = rundir._probe
 
     def probe_then_full(path):
         real_probe(path)
         monkeypatch.setattr(os, "fsync", disk_full)
-    monkeypatch.setattr("deepcluster.rundir._probe", probe_then_full)
+    monkeypatch.setattr(rundir, "_probe", probe_then_full)
     line = _fail(args, capsys)
     assert f"cannot write {run / 'config.yaml'}: no space left on device" in line
-    assert dc_rundir_probe is real_probe
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
@@ -377,3 +384,13 @@ def test_eval_refuses_a_non_zip_npz(finished_run, tmp_path, capsys):
         line = _eval_fail(["--checkpoint", str(finished_run[0] / "checkpoint.pt"), "--data",
                            str(tmp_path / name), "--out", str(tmp_path / "eval")], capsys)
         assert line.endswith(f"{tmp_path / name} is not an .npz archive (not a zip file)")
+
+
+def test_eval_ctrl_c_is_one_line_and_130(finished_run, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dc_eval, "load_splits", interrupted)
+    assert dc_eval.main(["--checkpoint", str(finished_run[0] / "checkpoint.pt"), "--out",
+                         str(tmp_path / "eval")]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("deepcluster-eval: interrupted")
