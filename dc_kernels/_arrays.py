@@ -52,10 +52,9 @@ def to_tensor(x: Any, name: str = "x") -> tuple[torch.Tensor, ArrayKind]:
             raise ValueError(f"{name} must be a numeric array, got an object array")
         if not arr.flags.writeable:
             arr = arr.copy()
-        t = torch.from_numpy(arr) if arr.dtype.kind in "fiub" else None
-        if t is None:
+        if arr.dtype.kind not in "fiub":
             raise ValueError(f"{name} must be a real floating-point array, got dtype {arr.dtype}")
-        return t, ArrayKind("numpy", torch.device("cpu"))
+        return torch.from_numpy(arr), ArrayKind("numpy", torch.device("cpu"))
     raise ValueError(
         f"{name} must be a torch tensor, NumPy array or CuPy array, got {type(x).__name__}"
     )

@@ -54,9 +54,9 @@ def reduce_sum(t: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
 
 def reduce_moments(mean: torch.Tensor, cov: torch.Tensor, n_local: int,
                    group: dist.ProcessGroup) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global mean and covariance (float64) from each rank's own mean and covariance."""
+    """Global mean and covariance (float64) from each rank's own mean and covariance; the
+    scatter of the ranks' means is taken about the global mean (no cancellation)."""
     n = reduce_sum(torch.tensor(float(n_local), dtype=torch.float64, device=mean.device), group)
-    first = reduce_sum(mean * n_local, group)
-    second = reduce_sum((cov + torch.outer(mean, mean)) * n_local, group)
-    global_mean = first / n
-    return global_mean, second / n - torch.outer(global_mean, global_mean)
+    global_mean = reduce_sum(mean * n_local, group) / n
+    delta = mean - global_mean
+    return global_mean, reduce_sum((cov + torch.outer(delta, delta)) * n_local, group) / n

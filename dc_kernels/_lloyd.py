@@ -39,12 +39,10 @@ class IterationClock:
         self.mark()
 
     def mark(self) -> None:
+        self.marks.append(torch.cuda.Event(enable_timing=True) if self.cuda
+                          else time.perf_counter())
         if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
+            self.marks[-1].record()
 
     def seconds(self) -> list[float]:
         """Seconds from the start to each mark (the first is 0)."""

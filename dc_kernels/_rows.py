@@ -33,11 +33,15 @@ def compute_device(backend: TorchBackend, x: torch.Tensor) -> torch.device:
 
 class Rows:
     """x (B, N, d) as pieces on ``device``: one piece (all of x) unless ``chunk_rows`` is given
-    or x must be streamed, then chunks of at most ``chunk_rows`` rows of one problem."""
+    or x must be streamed, then chunks of at most ``chunk_rows`` rows of one problem.
+
+    Streamed, two device buffers alternate; copies run on their own stream and wait only for
+    the compute that last used their buffer. Pageable x goes through two pinned staging
+    buffers (a host memcpy, then an asynchronous copy).
+    """
 
     def __init__(self, x: torch.Tensor, device: torch.device, chunk_rows: int | None = None):
-        self.x = x
-        self.device = device
+        self.x, self.device = x, device
         batch, n, d = x.shape
         self.streamed = device != x.device
         if self.streamed and chunk_rows is None:
@@ -47,41 +51,26 @@ class Rows:
         self.spans = [(b, start, min(start + rows, n)) for b in range(batch)
                       for start in range(0, n, rows)]
         if self.streamed:
-            self._host = _HostChunks(x, device, rows, self.spans)
+            self.pinned = x.is_pinned()
+            self.copy_stream = torch.cuda.Stream(device)
+            self.bufs = [torch.empty(rows, d, dtype=x.dtype, device=device) for _ in range(2)]
+            self.staging = [] if self.pinned else [
+                torch.empty(rows, d, dtype=x.dtype).pin_memory() for _ in range(2)]
+            # Per buffer: the compute that last read it, the copy that last wrote it. Kept
+            # across passes: the first copies of a pass wait for the last compute of the last.
+            self.used: list[torch.cuda.Event | None] = [None, None]
+            self.copied: list[torch.cuda.Event | None] = [None, None]
 
     def __iter__(self) -> Iterator[Piece]:
         if not self.chunked:
             yield slice(None), slice(None), self.x
-        elif self.streamed:
-            yield from self._host
-        else:
+        elif not self.streamed:
             for b, start, stop in self.spans:
                 yield slice(b, b + 1), slice(start, stop), self.x[b:b + 1, start:stop]
+        else:
+            yield from self._streamed()
 
-
-class _HostChunks:
-    """The spans of a host tensor x delivered to the GPU chunk by chunk.
-
-    Two device buffers alternate; copies run on their own stream and wait only for the compute
-    that last used their buffer. Pageable x goes through two pinned staging buffers (a host
-    memcpy, then an asynchronous copy).
-    """
-
-    def __init__(self, x: torch.Tensor, device: torch.device, rows: int,
-                 spans: list[tuple[int, int, int]]):
-        self.x, self.device, self.spans = x, device, spans
-        d = x.shape[2]
-        self.pinned = x.is_pinned()
-        self.copy_stream = torch.cuda.Stream(device)
-        self.bufs = [torch.empty(rows, d, dtype=x.dtype, device=device) for _ in range(2)]
-        self.staging = [] if self.pinned else [
-            torch.empty(rows, d, dtype=x.dtype).pin_memory() for _ in range(2)]
-        # Per buffer: the compute that last read it, the copy that last wrote it. Kept across
-        # passes, so the first copies of a pass wait for the last compute of the previous one.
-        self.used: list[torch.cuda.Event | None] = [None, None]
-        self.copied: list[torch.cuda.Event | None] = [None, None]
-
-    def __iter__(self) -> Iterator[Piece]:
+    def _streamed(self) -> Iterator[Piece]:
         compute = torch.cuda.current_stream(self.device)
         used, copied = self.used, self.copied
         for i, (b, start, stop) in enumerate(self.spans):
@@ -104,24 +93,33 @@ class _HostChunks:
             used[slot].record(compute)
 
 
-def _rows(backend: TorchBackend, x: torch.Tensor) -> Rows:
-    return Rows(x, compute_device(backend, x))
+def _rows(backend: TorchBackend, x: torch.Tensor, chunk_rows: int | None) -> Rows:
+    return Rows(x, compute_device(backend, x), chunk_rows)
+
+
+def _output(rows: Rows, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Room for results on x's device (pinned when they arrive from the GPU)."""
+    out = torch.empty(shape, dtype=dtype, device=rows.x.device)
+    return out.pin_memory() if rows.streamed else out
 
 
 def _copied(rows: Rows) -> None:
     """Wait for the asynchronous copies of results to the host."""
-    torch.cuda.current_stream(rows.device).synchronize()
+    if rows.streamed:
+        torch.cuda.current_stream(rows.device).synchronize()
 
 
-def assign(backend: TorchBackend, x: torch.Tensor, centroids: torch.Tensor,
-           precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``backend.assign`` of x (B, N, d), streamed when x must be; results on x's device."""
-    rows = _rows(backend, x)
-    if not rows.streamed:
+# The helpers below run a backend step over x streamed when x must be (or in chunks of
+# ``chunk_rows`` rows: tests); results are on x's device.
+def assign(backend: TorchBackend, x: torch.Tensor, centroids: torch.Tensor, precision: str,
+           chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``backend.assign`` of x (B, N, d)."""
+    rows = _rows(backend, x, chunk_rows)
+    if not rows.chunked:
         return backend.assign(x, centroids.to(x.device), precision)
     c = centroids.to(rows.device)
-    dist = torch.empty(x.shape[:2], dtype=torch.float32).pin_memory()
-    labels = torch.empty(x.shape[:2], dtype=torch.int64).pin_memory()
+    dist = _output(rows, x.shape[:2], torch.float32)
+    labels = _output(rows, x.shape[:2], torch.int64)
     for problems, span, data in rows:
         dd, ll = backend.assign(data, c[problems], precision)
         dist[problems, span].copy_(dd, non_blocking=True)
@@ -130,11 +128,12 @@ def assign(backend: TorchBackend, x: torch.Tensor, centroids: torch.Tensor,
     return dist, labels
 
 
-def covariance(backend: TorchBackend, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``backend.covariance`` of x (N, d); streamed, the chunks' float64 moments are merged
-    (Chan et al.'s pairwise update: no cancellation from a large mean). Results on x's device."""
-    rows = _rows(backend, x.unsqueeze(0))
-    if not rows.streamed:
+def covariance(backend: TorchBackend, x: torch.Tensor,
+               chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``backend.covariance`` of x (N, d); in chunks, the chunks' float64 moments are merged
+    (Chan et al.'s pairwise update: no cancellation from a large mean)."""
+    rows = _rows(backend, x.unsqueeze(0), chunk_rows)
+    if not rows.chunked:
         return backend.covariance(x)
     count, mean, scatter = 0, None, None
     for _, span, data in rows:
@@ -148,17 +147,17 @@ def covariance(backend: TorchBackend, x: torch.Tensor) -> tuple[torch.Tensor, to
         scatter = scatter + part_cov * part + torch.outer(delta, delta) * (count * part / total)
         mean = mean + delta * (part / total)
         count = total
-    return mean.cpu(), (scatter / count).cpu()
+    return mean.to(x.device), (scatter / count).to(x.device)
 
 
 def pca_apply(backend: TorchBackend, x: torch.Tensor, mean: torch.Tensor, proj: torch.Tensor,
-              normalize: bool) -> torch.Tensor:
-    """``backend.pca_apply`` of x (N, d_in), streamed when x must be; result on x's device."""
-    rows = _rows(backend, x.unsqueeze(0))
-    if not rows.streamed:
+              normalize: bool, chunk_rows: int | None = None) -> torch.Tensor:
+    """``backend.pca_apply`` of x (N, d_in)."""
+    rows = _rows(backend, x.unsqueeze(0), chunk_rows)
+    if not rows.chunked:
         return backend.pca_apply(x, mean.to(x.device), proj.to(x.device), normalize)
     mean, proj = mean.to(rows.device), proj.to(rows.device)
-    out = torch.empty(x.shape[0], proj.shape[1], dtype=torch.float32).pin_memory()
+    out = _output(rows, (x.shape[0], proj.shape[1]), torch.float32)
     for _, span, data in rows:
         out[span].copy_(backend.pca_apply(data[0], mean, proj, normalize), non_blocking=True)
     _copied(rows)

@@ -55,14 +55,3 @@ def imbalance_factor(counts: torch.Tensor, n: int) -> torch.Tensor:
     float64 (1.0 when perfectly balanced)."""
     return counts.shape[-1] * counts.double().square().sum(-1) / float(n) ** 2
 
-
-def iteration_on_device(iteration: "int | torch.Tensor", device: torch.device) -> bool:
-    """Whether a split's ``iteration`` is a device tensor (one int64 on ``device``, which a
-    captured CUDA graph advances) rather than a host int; ValueError for any other tensor."""
-    if not isinstance(iteration, torch.Tensor):
-        return False
-    if iteration.numel() != 1 or iteration.dtype != torch.int64 or iteration.device != device:
-        raise ValueError(f"a tensor iteration must be one int64 on {device}, got "
-                         f"{iteration.dtype} of shape {tuple(iteration.shape)} on "
-                         f"{iteration.device}")
-    return True

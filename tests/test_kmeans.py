@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import dc_kernels
-from dc_kernels import _lloyd, testing
+from dc_kernels import _lloyd, _rows, testing
 from dc_kernels.backends import AUTO_ORDER_VARIABLE, auto_order, get_backend
 from tests import reference_numpy as ref
 
@@ -242,6 +242,22 @@ def test_chunked_pass_equals_whole_pass(backend, spherical):
             np.testing.assert_array_equal(mine["nsplit"], theirs["nsplit"])
             np.testing.assert_allclose(mine["obj"], theirs["obj"], rtol=1e-12)
             np.testing.assert_array_equal(mine["imbalance_factor"], theirs["imbalance_factor"])
+
+
+def test_chunked_row_helpers_equal_whole_calls(backend):
+    # assign, covariance (chunk moments merged) and PCA apply over chunks of rows, as they run
+    # on host data streamed to a GPU, against one call on all rows.
+    impl = get_backend(backend, torch.device("cpu"))
+    x = testing.blobs(700, 9, 5, seed=6, spread=0.5, batch=2) * 3.0 + 50.0  # a large mean
+    c = testing.random_rows(x, 5, seed=1)
+    whole, chunked = (_rows.assign(impl, x, c, "fp32", chunk_rows) for chunk_rows in (None, 64))
+    assert torch.equal(whole[1], chunked[1]) and torch.equal(whole[0], chunked[0])
+    (mean, cov), (mean_c, cov_c) = (_rows.covariance(impl, x[0], rows) for rows in (None, 64))
+    torch.testing.assert_close(mean_c, mean, rtol=1e-13, atol=0)
+    torch.testing.assert_close(cov_c, cov, rtol=1e-10, atol=1e-12 * float(cov.abs().max()))
+    proj = torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
+    applied = [_rows.pca_apply(impl, x[1], mean.float(), proj, True, rows) for rows in (None, 64)]
+    torch.testing.assert_close(applied[1], applied[0], rtol=0, atol=0)
 
 
 def test_auto_order_follows_the_table_and_the_environment(monkeypatch):

@@ -111,16 +111,11 @@ def available_backends() -> dict[str, dict]:
 
     ``{"cpu": {"available": True, "devices": ["cpu"], "reason": ""}, ...}``
     """
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
+    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     table = {}
     for name in ENTRIES:
-        reasons = {dev.type: unavailable_reason(name, dev) for dev in devices}
+        reasons = {dev: unavailable_reason(name, torch.device(dev)) for dev in devices}
         ok = [dev for dev, why in reasons.items() if not why]
-        table[name] = {
-            "available": bool(ok),
-            "devices": ok,
-            "reason": "; ".join(f"{dev}: {why}" for dev, why in reasons.items() if why),
-        }
+        table[name] = {"available": bool(ok), "devices": ok,
+                       "reason": "; ".join(f"{dev}: {why}" for dev, why in reasons.items() if why)}
     return table

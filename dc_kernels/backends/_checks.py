@@ -47,6 +47,14 @@ def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
         raise ValueError(f"{name} must be {dtype}, got {_shape(t)}")
 
 
+def _check_counts(counts: torch.Tensor, per_cluster: torch.Tensor) -> None:
+    """counts (B, K) int64 for the (B, K, d) ``per_cluster`` (centroids or sums)."""
+    if tuple(counts.shape) != tuple(per_cluster.shape[:2]):
+        raise ValueError(f"counts must have shape (B, K) = {tuple(per_cluster.shape[:2])}, "
+                         f"got {_shape(counts)}")
+    _check_dtype("counts", counts, torch.int64)
+
+
 def _check_in_place(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if not t.is_contiguous():
@@ -85,23 +93,29 @@ def check_cluster_sums(x: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor
         raise ValueError(f"labels must have shape (B, N) = {tuple(x.shape[:2])}, "
                          f"got {_shape(labels)}")
     _check_dtype("labels", labels, torch.int64)
-    if tuple(counts.shape) != tuple(sums.shape[:2]):
-        raise ValueError(f"counts must have shape (B, K) = {tuple(sums.shape[:2])}, "
-                         f"got {_shape(counts)}")
-    _check_dtype("counts", counts, torch.int64)
+    _check_counts(counts, sums)
     _check_in_place(sums=sums, counts=counts)
 
 
-def check_split(centroids: torch.Tensor, counts: torch.Tensor, device_type: str) -> None:
-    """ValueError unless ``split(centroids, counts, ...)`` can run."""
+def check_split(centroids: torch.Tensor, counts: torch.Tensor, iteration: int | torch.Tensor,
+                device_type: str) -> bool:
+    """ValueError unless ``split(centroids, counts, seed, iteration)`` can run; returns whether
+    the iteration is a device tensor (one int64 on the centroids' device, which a captured
+    CUDA graph advances) rather than a non-negative int."""
     _check_devices(device_type, centroids=centroids, counts=counts)
     _check_points("centroids", centroids, 3)
     _check_dtype("centroids", centroids, torch.float32)
-    if tuple(counts.shape) != tuple(centroids.shape[:2]):
-        raise ValueError(f"counts must have shape (B, K) = {tuple(centroids.shape[:2])}, "
-                         f"got {_shape(counts)}")
-    _check_dtype("counts", counts, torch.int64)
+    _check_counts(counts, centroids)
     _check_in_place(centroids=centroids, counts=counts)
+    if not isinstance(iteration, torch.Tensor):
+        if int(iteration) < 0:
+            raise ValueError(f"iteration must be non-negative, got {iteration}")
+        return False
+    if iteration.numel() != 1 or iteration.dtype != torch.int64 \
+            or iteration.device != centroids.device:
+        raise ValueError(f"a tensor iteration must be one int64 on {centroids.device}, got "
+                         f"{_shape(iteration)} on {iteration.device}")
+    return True
 
 
 def check_covariance(x: torch.Tensor, device_type: str) -> None:

@@ -119,7 +119,7 @@ class CpuBackend(TorchBackend):
 
     def split(self, centroids: torch.Tensor, counts: torch.Tensor, seed: int,
               iteration: int | torch.Tensor) -> torch.Tensor:
-        check_split(centroids, counts, "cpu")
+        check_split(centroids, counts, iteration, "cpu")
         batch, k, d = centroids.shape
         nsplit = torch.empty(batch, dtype=torch.int64)
         _ext().split(centroids=centroids.data_ptr(), counts=counts.data_ptr(),

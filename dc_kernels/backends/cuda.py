@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 
 from .. import _loader
-from ..contract import iteration_on_device, split_seed
+from ..contract import split_seed
 from . import ENTRIES
 from ._checks import (
     check_assign,
@@ -100,14 +100,13 @@ class CudaBackend(TorchBackend):
 
     def split(self, centroids: torch.Tensor, counts: torch.Tensor, seed: int,
               iteration: int | torch.Tensor) -> torch.Tensor:
-        check_split(centroids, counts, "cuda")
-        on_device = iteration_on_device(iteration, centroids.device)
+        on_device = check_split(centroids, counts, iteration, "cuda")
         batch, k, d = centroids.shape
         nsplit = torch.empty(batch, dtype=torch.int64, device=centroids.device)
         with torch.cuda.device(centroids.device):
             _ext().split(centroids=centroids.data_ptr(), counts=counts.data_ptr(),
                          nsplit=nsplit.data_ptr(), batch=batch, k=k, d=d, seed=split_seed(seed),
-                         iteration=0 if on_device else split_seed(iteration),
+                         iteration=0 if on_device else int(iteration),
                          iteration_on_device=iteration.data_ptr() if on_device else 0,
                          stream=_stream(centroids.device))
         return nsplit

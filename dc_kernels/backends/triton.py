@@ -72,7 +72,7 @@ class TritonBackend(TorchBackend):
               iteration: int | torch.Tensor) -> torch.Tensor:
         from ..ops.split import split
 
-        check_split(centroids, counts, centroids.device.type)
+        check_split(centroids, counts, iteration, centroids.device.type)
         return split(centroids, counts, seed, iteration)
 
     # ------------------------------------------------------------------ PCA steps

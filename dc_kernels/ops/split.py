@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import SPLIT_EPS, iteration_on_device, mix64, split_seed
+from ..contract import SPLIT_EPS, mix64, split_seed
 from ._common import check_launchable, device_guard, interpreting, next_pow2
 
 
@@ -120,7 +120,7 @@ def split(centroids: torch.Tensor, counts: torch.Tensor, seed: int,
     """
     check_launchable(centroids, "split")
     batch, k, d = centroids.shape
-    on_device = iteration_on_device(iteration, centroids.device)
+    on_device = isinstance(iteration, torch.Tensor)
     # Enough clusters per block that the block sums fit one vector of at most 128: with more
     # (K = 100,000 in blocks of 256 gave 512), Triton 3.6 moves the block search to a 4.5 KB
     # stack per thread; blocks of up to 8,192 clusters (K <= 1M) still build without one.
