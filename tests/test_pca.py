@@ -1,10 +1,12 @@
-"""PCA-whitening against float64 NumPy on every backend that runs on this machine's CPU."""
+"""``PCAWhitening`` (fit, whitening, floor, array kinds) against float64 NumPy; its steps
+(covariance, top_eigh, pca_apply) are checked on every backend by test_backend_contract.py."""
 
 import numpy as np
 import pytest
 import torch
 
 import dc_kernels
+from tests import reference_numpy as oracle
 
 
 def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -14,64 +16,48 @@ def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
     return (rng.normal(size=(n, d)) @ mixing.T + 3.0 * rng.normal(size=d)).astype(np.float32)
 
 
-@pytest.mark.parametrize("n,d_in,d_out", [(2000, 20, 8), (1500, 65, 65), (3000, 130, 17)])
-def test_components_match_numpy_eigh(backend, n, d_in, d_out):
-    x = correlated(n, d_in, seed=d_in)
-    pca = dc_kernels.PCAWhitening(d_in, d_out, backend=backend).train(x)
-    x64 = x.astype(np.float64)
-    mean = x64.mean(0)
-    cov = (x64 - mean).T @ (x64 - mean) / n
-    values, vectors = np.linalg.eigh(cov)
-    values, vectors = values[::-1][:d_out], vectors[:, ::-1][:, :d_out]
+def test_fit_is_the_float64_eigendecomposition(backend):
+    x = correlated(2000, 20, seed=20)
+    pca = dc_kernels.PCAWhitening(20, 8, backend=backend).train(x)
+    mean, cov = oracle.covariance(x)
+    values, vectors = oracle.top_eigh(cov, 8)
     np.testing.assert_allclose(pca.mean.numpy(), mean, rtol=1e-10, atol=1e-10)
-    floored = np.maximum(values, values[0] * pca.eigenvalue_floor)
-    np.testing.assert_allclose(pca.eigenvalues.numpy(), floored, rtol=1e-8)
-    # eigenvectors agree up to sign where the eigenvalues are well separated
-    separated = values > 1e-6 * values[0]
-    dots = np.abs((pca.components.numpy() * vectors.T).sum(1))
-    np.testing.assert_allclose(dots[separated], 1.0, atol=1e-6)
+    np.testing.assert_allclose(pca.eigenvalues.numpy(), values, rtol=1e-8)
+    dots = np.abs((pca.components.numpy() * vectors.T).sum(1))  # up to sign
+    np.testing.assert_allclose(dots, 1.0, atol=1e-6)
 
 
 def test_whitened_output_has_identity_covariance(backend):
     x = correlated(4000, 32, seed=1)
     pca = dc_kernels.PCAWhitening(32, 12, normalize=False, backend=backend).train(x)
     y = pca.apply(x).astype(np.float64)
-    cov = np.cov(y, rowvar=False, bias=True)
-    np.testing.assert_allclose(cov, np.eye(12), atol=2e-4)
+    np.testing.assert_allclose(np.cov(y, rowvar=False, bias=True), np.eye(12), atol=2e-4)
     np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-4)
 
 
-def test_normalised_rows_are_unit_and_match_reference(backend):
+def test_normalised_rows_are_unit(backend):
     x = correlated(1000, 24, seed=2)
-    pca = dc_kernels.PCAWhitening(24, 10, backend=backend).train(x)
-    y = pca.apply(x)
+    y = dc_kernels.PCAWhitening(24, 10, backend=backend).train(x).apply(x)
     np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, rtol=1e-5)
-    x64 = x.astype(np.float64)
-    proj = pca.components.numpy().T * pca.eigenvalues.numpy() ** -0.5
-    expect = (x64 - x64.mean(0)) @ proj
-    expect /= np.linalg.norm(expect, axis=1, keepdims=True)
-    np.testing.assert_allclose(y, expect, atol=2e-5)
 
 
 def test_eigen_power_zero_is_plain_pca(backend):
     x = correlated(800, 16, seed=3)
     pca = dc_kernels.PCAWhitening(16, 5, eigen_power=0.0, normalize=False,
                                   backend=backend).train(x)
-    y = pca.apply(x).astype(np.float64)
-    var = y.var(0)
-    np.testing.assert_allclose(var, pca.eigenvalues.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(pca.apply(x).astype(np.float64).var(0), pca.eigenvalues.numpy(),
+                               rtol=1e-4)
 
 
 def test_zero_variance_direction_cannot_blow_up(backend):
     x = correlated(500, 10, seed=4)
     x[:, 3] = 1.5  # a constant feature: one eigenvalue is exactly zero
     pca = dc_kernels.PCAWhitening(10, 10, backend=backend).train(x)
-    y = pca.apply(x)
-    assert np.isfinite(y).all()
+    assert np.isfinite(pca.apply(x)).all()
     assert pca.eigenvalues.min() >= pca.eigenvalues.max() * pca.eigenvalue_floor * 0.999
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_torch_in_torch_out_every_dtype(backend, dtype):
     x = torch.from_numpy(correlated(600, 12, seed=5)).to(dtype)
     pca = dc_kernels.PCAWhitening(12, 6, backend=backend).train(x)
@@ -81,15 +67,12 @@ def test_torch_in_torch_out_every_dtype(backend, dtype):
     np.testing.assert_allclose(y.numpy(), ref.apply(x[::2].double().numpy()), atol=2e-4)
 
 
-BAD = [
+BAD = [  # those of every backend's inputs are in test_backend_contract.py
     (lambda: dc_kernels.PCAWhitening(4, 5), "d_out=5 must not exceed d_in=4"),
     (lambda: dc_kernels.PCAWhitening(0, 0), "d_in must be"),
     (lambda: dc_kernels.PCAWhitening(4, 2).train(np.ones((10, 3), np.float32)), "expected d=4"),
     (lambda: dc_kernels.PCAWhitening(3, 2).train(np.ones((1, 3), np.float32)), "at least 2"),
-    (lambda: dc_kernels.PCAWhitening(3, 2).train(np.ones((2, 5, 3), np.float32)), "shape"),
-    (lambda: dc_kernels.PCAWhitening(2, 1).train(np.array([[np.nan, 1], [1, 2]])), "NaN"),
     (lambda: dc_kernels.PCAWhitening(3, 2).apply(np.ones((4, 3), np.float32)), "before train"),
-    (lambda: dc_kernels.PCAWhitening(3, 2).train(np.ones((4, 3), np.int32)), "floating"),
 ]
 
 
