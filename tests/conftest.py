@@ -9,11 +9,13 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from dc_kernels.backends import unavailable_reason  # noqa: E402
+from dc_kernels.backends import TABLE, unavailable_reason  # noqa: E402
 
-# Backends that run on this machine's CPU: the API tests run once per backend.
-CPU_BACKENDS = [name for name in ("torch", "cpu")
-                if not unavailable_reason(name, torch.device("cpu"))]
+# Backends that ``auto`` considers for host data and that run here: the API tests run once per
+# backend (every backend's steps, Triton's in the interpreter included, are checked by
+# test_backend_contract.py).
+CPU_BACKENDS = [entry.name for entry in TABLE if "cpu" in entry.devices
+                and not unavailable_reason(entry.name, torch.device("cpu"))]
 
 
 @pytest.fixture(params=CPU_BACKENDS)
