@@ -282,20 +282,18 @@ def open_run_dir(out: str, data: str, resume: bool) -> RunDir:
         if stale:
             run_dir.notes.append(f"{path} was locked by a process that has ended ({stale}); "
                                  "taking it over")
+        has_checkpoint = (path / "checkpoint.pt").exists()
+        leftovers = [name for name in RUN_FILES if (path / name).exists()]
+        if has_checkpoint and not resume:
+            raise ConfigError(f"{path} already holds a run: pass --resume to continue it, "
+                              "or choose another --out (nothing was changed)")
+        if resume and not has_checkpoint and not leftovers:
+            raise ConfigError(f"--resume: no checkpoint.pt in {path} to continue from")
         # We hold the lock: a temporary file here is what a dead writer left half-written.
         for tmp in path.glob("*.tmp"):
             tmp.unlink()
-        if (path / "checkpoint.pt").exists():
-            if not resume:
-                raise ConfigError(f"{path} already holds a run: pass --resume to continue it, "
-                                  "or choose another --out (nothing was changed)")
-            return run_dir
-        leftovers = [name for name in RUN_FILES if (path / name).exists()]
-        if resume and not leftovers:
-            raise ConfigError(f"--resume: no checkpoint.pt in {path} to continue from")
-        if leftovers:
-            aside = path / f"unfinished-{_stamp()}"
-            aside.mkdir()
+        if leftovers and not has_checkpoint:
+            aside, _ = _make_dirs(path / f"unfinished-{_stamp()}", fresh=True)
             for name in leftovers:
                 os.replace(path / name, aside / name)
             run_dir.notes.append(f"{path} held a run that ended before its first checkpoint: "
