@@ -388,7 +388,7 @@ def _image_folder(root: Path, check: bool, workers: int, every: float,
         if len(bad) == len(index):
             raise DataError(f"none of the {len(index)} image files in {root} can be read")
         keep = np.setdiff1d(np.arange(len(index)), [i for i, _ in bad])
-        skipped = [(index.path(i), why) for i, why in bad]
+        skipped = [(index.path(i), why.removeprefix(f"{index.path(i)}: ")) for i, why in bad]
         index = index.subset(keep)
         labels = None if labels is None else labels[keep]
     return ImageSet(str(root), index, 3, labels, class_names, skipped,

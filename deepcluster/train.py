@@ -253,7 +253,7 @@ def _new_unreadable(found: list[int], known: set[str], images: ImageSet, epoch: 
             decode_file(path)
             why = "failed while loading, reads now"
         except ValueError as exc:
-            why = str(exc)
+            why = str(exc).removeprefix(f"{path}: ")
         entries.append((path, why))
     if every:
         print0(f"epoch {epoch}: {len(every)} unreadable image file(s) replaced by the next "

@@ -3,6 +3,9 @@ unreadable files, the input size from headers, progress lines, the loader defaul
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +267,31 @@ def test_training_counts_and_lists_unreadable_files_and_resume_reuses_the_index(
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["unreadable_images"] for r in records] == [1, 1]
     assert len((out / "unreadable.txt").read_text().splitlines()) == 1  # listed once
+
+
+def test_two_ranks_share_rank_0s_index_and_count_unreadable_files_once(tmp_path):
+    root = _folder(tmp_path / "d")
+    (root / "a" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "b" / "deep" / "0.png").write_bytes(b"")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "deepcluster.train", "--data", str(root), "--out",
+               str(out), "--image-size", "16", "--width", "0.125", "--k", "2", "--pca-dim", "4",
+               "--kmeans-iters", "3", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+               "--epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("listing ") >= 1 and "data " in done.stdout
+    # Rank 0's file 2.png sits in rank 0's feature shard, b/deep/0.png in rank 1's: both count.
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["unreadable_images"] == 2
+    listed = sorted(line.split("\t")[0] for line in
+                    (out / "unreadable.txt").read_text().splitlines())
+    assert listed == [str(root / "a" / "2.png"), str(root / "b" / "deep" / "0.png")]
+    back = data.read_index(out / "index.npz", root)
+    assert back is not None and len(back) == 6
 
 
 # ---- normalisation, progress, loader defaults
