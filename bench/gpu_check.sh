@@ -27,9 +27,10 @@
 # Logs: written to $LOG (a scratch folder), packed at exit into $OUT/gpu_check_logs.tgz next to
 # $OUT/summary.txt (the device tool brings back at most 8 files): build.log, tests_*.log,
 # compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json},
-# train.log (what bench/train_e2e.sh writes under $OUT is its own).
-# OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS="memcheck pca train" leaves
-# those steps out (a rerun on what is left of a lease).
+# train.log and train/ (the logs, summary and JSON of bench/train_e2e.sh).
+# OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS leaves steps out (a rerun on
+# what is left of a lease), any of: tests compare memcheck kmeans steps pca train interp; the
+# machine, wheels, build and summary always run.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results/gpu_check}
@@ -85,12 +86,16 @@ DC_CUDA_ARCHS=${DC_CUDA_ARCHS:-90} MAX_JOBS=16 timeout "$(limit 150)" \
 rc=$?; record "build" $rc; tail -n 5 "$LOG/build.log"
 $PY -c "import dc_kernels; print(dc_kernels.available_backends())"
 
-run_tests() {  # run_tests TAG NAME MAX PYTEST-ARGS...
-  local tag=$1 name=$2 max=$3; shift 3
+run_tests() {  # run_tests SKIP-NAME TAG NAME MAX PYTEST-ARGS...
+  local tag=$2 name=$3 max=$4
+  skipped "$1" && { record "tests: $name" skip SKIP_STEPS; return; }
+  shift 4
   local t; t=$(limit "$max")
   step "tests: $name"
   [ "$t" -eq 0 ] && { record "tests: $name" skip; return; }
-  timeout "$t" $PY -m pytest -q -p no:cacheprovider --timeout 120 --tb=short -rfEs "$@" 2>&1 \
+  # shellcheck disable=SC2046  # no per-test timeout where pytest-timeout is not installed
+  timeout "$t" $PY -m pytest -q -p no:cacheprovider $($PY -c "import pytest_timeout" 2>/dev/null \
+    && echo --timeout 120) --tb=short -rfEs "$@" 2>&1 \
     | tee "$LOG/tests_$tag.log" | tail -n 30
   local rc=${PIPESTATUS[0]}; [ "$rc" -eq 5 ] && rc=0  # 5: nothing collected
   record "tests: $name" "$rc"
@@ -105,6 +110,7 @@ run_tests() {  # run_tests TAG NAME MAX PYTEST-ARGS...
 # PROVIDER:PRECISION.
 kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX [PROVIDERS TO SKIP...]
   local shape=$1 iters=$2 tag=${1//:/_} t; t=$(limit "$3"); shift 3
+  skipped kmeans && { record "k-means $shape" skip SKIP_STEPS; return; }
   step "k-means $shape ($iters iterations per call)"
   [ "$t" -eq 0 ] && { record "k-means $shape" skip; return; }
   timeout "$t" $PY -m bench.kmeans_bench --device cuda --shapes "$shape" --iters "$iters" \
@@ -114,6 +120,7 @@ kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX [PROVIDERS TO SKIP...]
 }
 
 compare() {  # compare BACKEND PRECISION: the first step where it parts from the torch backend
+  skipped compare && { record "compare $1 $2" skip SKIP_STEPS; return; }
   local t; t=$(limit 40)
   step "compare $1 $2 with the torch backend, step by step (20000 x 64, K=50)"
   [ "$t" -eq 0 ] && { record "compare $1 $2" skip; return; }
@@ -123,8 +130,9 @@ compare() {  # compare BACKEND PRECISION: the first step where it parts from the
 }
 
 # Most important first: the GPU-only correctness tests, the timings, then the rest.
-run_tests triton "GPU-only tests of the triton backend" 120 -m gpu tests/test_triton.py
-run_tests gpu_other "every other GPU-marked test" 60 -m gpu tests --ignore=tests/test_triton.py
+run_tests tests triton "GPU-only tests of the triton backend" 120 -m gpu tests/test_triton.py
+run_tests tests gpu_other "every other GPU-marked test" 60 -m gpu tests \
+  --ignore=tests/test_triton.py
 compare cuda fp32
 compare cuda fp16
 compare triton fp32
@@ -144,9 +152,10 @@ kmeans_shape 50000x256:1000 10 45
 kmeans_shape 1281167x256:10000 3 90 fastkmeans fast-pytorch-kmeans
 kmeans_shape 32x131072x128:1024 5 60 fastkmeans fast-pytorch-kmeans
 kmeans_shape 8x131072x128:100 10 45 fastkmeans fast-pytorch-kmeans
-step "per-step times (assign / update / split) of every backend"
 t=$(limit 60)
-if [ "$t" -eq 0 ]; then record "step times" skip; else
+if skipped steps; then record "step times" skip SKIP_STEPS
+elif [ "$t" -eq 0 ]; then record "step times" skip; else
+  step "per-step times (assign / update / split) of every backend"
   timeout "$t" $PY -m bench.step_bench --device cuda --iters 2 --json "$LOG/steps.json" \
     --time-limit "$(inner "$t")" --skip dc_kernels.torch \
     --shapes 8x131072x128:100,32x131072x128:1024,50000x256:1000 2>&1 | tee "$LOG/steps.log"
@@ -170,20 +179,25 @@ if skipped pca; then record "PCA bench" skip SKIP_STEPS; else
 fi
 
 # ---- train: the trainer's end-to-end step at ImageNet scale, bench/train_e2e.sh (its owner's
-# script; it writes under the folder it is given). SKIP_STEPS="train" leaves it out.
+# script). It writes an image folder, run directories and checkpoints under the folder it is
+# given: that is a scratch folder here, and only its logs, summary and JSON join the archive
+# (under train/), so that $OUT stays a few files.
 if skipped train; then record "train: end-to-end step" skip SKIP_STEPS
 elif [ ! -f bench/train_e2e.sh ]; then record "train: end-to-end step" skip "no bench/train_e2e.sh"
 else
   step "train: end-to-end step (bench/train_e2e.sh)"
-  t=$(limit 120)
+  t=$(limit 240)
   if [ "$t" -eq 0 ]; then record "train: end-to-end step" skip; else
-    timeout "$t" bash bench/train_e2e.sh "$OUT" 2>&1 | tee "$LOG/train.log" | tail -n 30
+    TRAIN_OUT=$(mktemp -d /tmp/train_e2e.XXXX)
+    timeout "$t" bash bench/train_e2e.sh "$TRAIN_OUT" 2>&1 | tee "$LOG/train.log" | tail -n 30
     record "train: end-to-end step" "${PIPESTATUS[0]}"
+    mkdir -p "$LOG/train"
+    cp "$TRAIN_OUT"/*.log "$TRAIN_OUT"/*.txt "$TRAIN_OUT"/*.json "$LOG/train/" 2>/dev/null
   fi
 fi
 
 kmeans_shape 50000x256:100 10 40 fastkmeans fast-pytorch-kmeans
-run_tests interp "interpreter tests of the triton backend, on the GPU" 90 -m "not gpu" \
+run_tests interp interp "interpreter tests of the triton backend, on the GPU" 90 -m "not gpu" \
   tests/test_triton.py
 
 step "summary"
