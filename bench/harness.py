@@ -50,11 +50,6 @@ class Timing:
         return Timing(self.median + other.median, self.low + other.low, self.high + other.high)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(fn: Callable[[], object], device: torch.device, repeat: int = 5, warmup: int = 1,
             rep_ms: float = 100.0) -> Timing:
     """Time ``fn()`` (see the module docstring): do_bench on a GPU, perf_counter on a CPU."""
