@@ -22,6 +22,14 @@ def blobs(n: int, d: int, centres: int, seed: int = 0, spread: float = 0.05) -> 
     return testing.blobs(n, d, centres, seed=seed, spread=spread).numpy()
 
 
+def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """PCA input (n, d) float32: a large mean, variances spread over four decades (the data
+    maker dc_kernels.testing lacks)."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) * np.logspace(0, -2, d)
+    return (rng.normal(size=(n, d)) @ mixing.T + 3.0 * rng.normal(size=d)).astype(np.float32)
+
+
 def distances(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Squared distances (..., N, K) in float64 (exact for small-integer data)."""
     x, c = np.asarray(x, np.float64), np.asarray(c, np.float64)

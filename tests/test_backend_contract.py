@@ -306,10 +306,7 @@ def test_kmeans_first_iterations_follow_float64_lloyd(case):
 
 # ---------------------------------------------------------------------------------- PCA
 def correlated(n: int, d: int, seed: int) -> torch.Tensor:
-    """Rows with a large mean and variances spread over two decades."""
-    g = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(d, d, generator=g) * torch.logspace(0, -2, d)
-    return torch.randn(n, d, generator=g) @ mixing.T + 3.0 * torch.randn(d, generator=g)
+    return torch.from_numpy(oracle.correlated(n, d, seed))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])

@@ -7,13 +7,7 @@ import torch
 
 import dc_kernels
 from tests import reference_numpy as oracle
-
-
-def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Rows with a non-trivial mean and a spread of variances across directions."""
-    rng = np.random.default_rng(seed)
-    mixing = rng.normal(size=(d, d)) * np.logspace(0, -2, d)
-    return (rng.normal(size=(n, d)) @ mixing.T + 3.0 * rng.normal(size=d)).astype(np.float32)
+from tests.reference_numpy import correlated
 
 
 def test_fit_is_the_float64_eigendecomposition(backend):
