@@ -163,13 +163,16 @@ def decode_file(path: str) -> torch.Tensor:
     16-bit and float images scaled by their real range); ``UnreadableImage`` when it fails."""
     try:
         with open(path, "rb") as f:
-            data = bytearray(f.read())
+            data = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(data)
         if data.startswith(_TORCHVISION_MAGIC):
             try:
                 with warnings.catch_warnings():  # torchvision 0.29 flags its decoders deprecated
                     warnings.simplefilter("ignore", DeprecationWarning)
                     x = decode_image(torch.frombuffer(data, dtype=torch.uint8),
                                      mode=ImageReadMode.RGB)
+                if x.dim() == 4:  # an animated GIF: its first frame
+                    x = x[0]
                 if x.dtype == torch.uint16:  # 16-bit PNG: 0..65535 -> 0..255, rounded
                     x = torch.div(x.to(torch.int32) + 128, 257, rounding_mode="floor")
                 return x.to(torch.uint8)
@@ -180,6 +183,7 @@ def decode_file(path: str) -> torch.Tensor:
         raise
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, struct.error, ...)
         raise UnreadableImage(f"{path}: {type(exc).__name__}: {exc}") from exc
+
 
 # ---- in-memory sets ---------------------------------------------------------------------------
 

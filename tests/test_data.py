@@ -68,6 +68,12 @@ def test_every_8bit_mode_decodes_to_its_rgb(tmp_path):
         img.save(path, **({"lossless": True} if name.endswith(".webp") else {}))
         got = _rgb(data.decode_file(str(path)))
         np.testing.assert_array_equal(got, want.astype(np.uint8), err_msg=name)
+    # An animated GIF: its first frame.
+    frames = [Image.fromarray(RGB).convert("P"), Image.fromarray(255 - RGB).convert("P")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "anim.gif") as img:
+        first = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(_rgb(data.decode_file(str(tmp_path / "anim.gif"))), first)
 
 
 def test_ycbcr_and_jpeg_match_the_full_range_conversion(tmp_path):
