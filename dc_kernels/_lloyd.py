@@ -13,14 +13,16 @@ On device backends nothing inside the loop reads a value back to the host unless
 """
 
 import contextlib
+import itertools
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from . import _distributed, _rows
-from .backends.reference import TorchBackend
+from .backends.reference import TILE_ENTRIES, TorchBackend
 from .contract import imbalance_factor
 
 # Below this many multiply-adds per iteration (B*N*K*d) launches dominate: capture a graph.
@@ -52,6 +54,43 @@ class IterationClock:
         return [m - self.marks[0] for m in self.marks]
 
 
+class _SearchClock:
+    """Seconds spent in the nearest-centroid search, per iteration, cumulative (faiss's
+    ``time_search``): CUDA events around each search on GPUs, ``perf_counter`` on CPUs; not
+    measurable inside a captured CUDA graph (NaN there)."""
+
+    def __init__(self, device: torch.device, niter: int):
+        self.cuda = device.type == "cuda"
+        self.spans: list[list] = [[] for _ in range(niter)]
+        self.iteration = 0
+        self.enabled = True  # off while an iteration is captured as a CUDA graph
+
+    @contextlib.contextmanager
+    def search(self) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        start = torch.cuda.Event(enable_timing=True) if self.cuda else time.perf_counter()
+        if self.cuda:
+            start.record()
+        yield
+        if self.cuda:
+            stop = torch.cuda.Event(enable_timing=True)
+            stop.record()
+            self.spans[self.iteration].append((start, stop))
+        else:
+            self.spans[self.iteration].append(time.perf_counter() - start)
+
+    def seconds(self, iterations: int, captured: bool) -> list[float]:
+        if captured:
+            return [math.nan] * iterations
+        if self.cuda and any(self.spans):
+            next(s for s in reversed(self.spans) if s)[-1][1].synchronize()
+        per = [sum(a.elapsed_time(b) / 1000.0 for a, b in spans) if self.cuda else sum(spans)
+               for spans in self.spans[:iterations]]
+        return list(itertools.accumulate(per))
+
+
 class _Stats:
     """Objective, imbalance factor and splits per iteration and problem, on the device."""
 
@@ -68,10 +107,20 @@ class _Stats:
             else:
                 table[it] = value
 
-    def history(self, times: list[float]) -> list[dict]:
+    def converged(self, iteration: int, threshold: float) -> bool:
+        """faiss's early stop: every problem's objective changed by at most ``threshold``
+        (relative) since the previous iteration (never when that objective was 0)."""
+        if iteration == 0:
+            return False
+        previous, current = self.obj[iteration - 1], self.obj[iteration]
+        change = (previous - current).abs() / previous.abs()
+        return bool(((previous != 0) & (change <= threshold)).all())
+
+    def history(self, times: list[float], search_times: list[float]) -> list[dict]:
         obj, imbalance, nsplit = (t.cpu().numpy() for t in (self.obj, self.imbalance, self.nsplit))
-        return [{"obj": obj[i], "time": times[i + 1], "imbalance_factor": imbalance[i],
-                 "nsplit": nsplit[i]} for i in range(len(times) - 1)]
+        return [{"obj": obj[i], "time": times[i + 1], "time_search": search_times[i],
+                 "imbalance_factor": imbalance[i], "nsplit": nsplit[i]}
+                for i in range(len(times) - 1)]
 
 
 def _captured(step: Callable, centroids: torch.Tensor, stats: _Stats) -> Callable[[int], None]:
@@ -92,17 +141,65 @@ def _captured(step: Callable, centroids: torch.Tensor, stats: _Stats) -> Callabl
     return lambda iteration: graph.replay()
 
 
+def inner_products(x: torch.Tensor, centroids: torch.Tensor,
+                   labels: torch.Tensor) -> torch.Tensor:
+    """x_i . c_{label_i} for x (B, n, d), centroids (B, K, d), labels (B, n): (B, n) float32,
+    in tiles of rows (no (n, d) temporary)."""
+    batch, n, d = x.shape
+    out = torch.empty(batch, n, dtype=torch.float32, device=x.device)
+    rows = max(1, TILE_ENTRIES // max(1, d))
+    for start in range(0, n, rows):
+        index = labels[:, start:start + rows]
+        picked = torch.gather(centroids, 1, index.unsqueeze(-1).expand(-1, -1, d))
+        out[:, start:start + rows] = (x[:, start:start + rows].float() * picked).sum(-1)
+    return out
+
+
+def _weighted_sums(backend: TorchBackend, x: torch.Tensor, labels: torch.Tensor,
+                   weights: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
+                   weight_sums: torch.Tensor) -> None:
+    """Weighted k-means for any backend: the backend's cluster sums of the rows times their
+    weights (in tiles), its counts of points (for splits and imbalance), and the sum of the
+    weights per cluster (float64, the divisor of the weighted mean)."""
+    batch, n, d = x.shape
+    rows = max(1, TILE_ENTRIES // max(1, d))
+    for start in range(0, n, rows):
+        part_labels = labels[:, start:start + rows].contiguous()
+        part_weights = weights[:, start:start + rows]
+        weighted = (x[:, start:start + rows].float() * part_weights.unsqueeze(-1)).contiguous()
+        backend.cluster_sums(weighted, part_labels, sums, counts)
+        weight_sums.scatter_add_(1, part_labels, part_weights.double())
+
+
+def _post_process(c: torch.Tensor, spherical: bool, int_centroids: bool) -> None:
+    """faiss's post-processing of centroids: unit norm (spherical), then rounding."""
+    if spherical:
+        c.div_(c.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    if int_centroids:
+        c.round_()
+
+
 def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBackend,
           precision: str, seed: int, spherical: bool = False, verbose: bool = False,
-          process_group: Any = None, chunk_rows: int | None = None,
+          process_group: Any = None, chunk_rows: int | None = None, *,
+          weights: torch.Tensor | None = None, inner_product: bool = False, frozen: int = 0,
+          int_centroids: bool = False, early_stop: float | None = None,
           ) -> tuple[torch.Tensor, list[dict]]:
-    """Run ``niter`` Lloyd iterations on validated (B, N, d) data from (B, K, d) float32
+    """Run up to ``niter`` Lloyd iterations on validated (B, N, d) data from (B, K, d) float32
     centroids, which are updated in place and returned with the per-iteration statistics.
 
     With a ``process_group``, x is this rank's shard: sums, counts and objectives are summed
     over the group, so every rank holds the centroids of the concatenated data. ``chunk_rows``
     makes every iteration pass over x in chunks of that many rows (the path host streaming
     takes, on any device).
+
+    faiss's options: ``weights`` (B, N) non-negative, on x's device: weighted means (the
+    objective stays the plain sum of distances, as faiss's); ``inner_product``: the objective
+    is the sum of x . c over the assignments (spherical k-means as faiss reports it); the first
+    ``frozen`` centroids never move (nor take part in splits); ``int_centroids`` rounds the
+    centroids after each update; ``early_stop``: stop once the objective changes by at most
+    that much, relative (reads it back each iteration). ``spherical`` and ``int_centroids`` also
+    apply to the initial centroids.
     """
     batch, n, d = x.shape
     k = centroids.shape[1]
@@ -112,40 +209,69 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
     device = rows.device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         work = centroids.to(device)  # centroids itself unless x streams from host memory
+        _post_process(work, spherical, int_centroids)
+        fixed = work[:, :frozen].clone()
         assign = (None if rows.chunked else backend.pruner(x, k)) or backend.assign
         sums = torch.zeros(batch, k, d, dtype=torch.float32, device=device)
         counts = torch.zeros(batch, k, dtype=torch.int64, device=device)
+        weight_sums = torch.zeros(batch, k, dtype=torch.float64, device=device)
         obj = torch.zeros(batch, dtype=torch.float64, device=device)
+        search = _SearchClock(device, niter)
 
         def step(c: torch.Tensor, it: Iteration, stats: _Stats) -> None:
             """One iteration: assign and accumulate every piece of rows -> (reduce across
-            ranks) -> finalize -> statistics -> split -> (normalise)."""
-            for t in (sums, counts, obj):
+            ranks) -> finalize -> statistics -> split -> post-process."""
+            for t in (sums, counts, obj, weight_sums):
                 t.zero_()
-            for problems, _, data in rows:
-                dist, labels = assign(data, c[problems], precision)
+            for problems, span, data in rows:
+                with search.search():
+                    dist, labels = assign(data, c[problems], precision)
+                if inner_product:
+                    dist = inner_products(data, c[problems], labels)
                 obj[problems] += dist.sum(-1, dtype=torch.float64)
-                backend.cluster_sums(data, labels, sums[problems], counts[problems])
+                if weights is None:
+                    backend.cluster_sums(data, labels, sums[problems], counts[problems])
+                else:
+                    _weighted_sums(backend, data, labels,
+                                   weights[problems, span].to(device, non_blocking=True),
+                                   sums[problems], counts[problems], weight_sums[problems])
             if process_group is not None:
-                _distributed.all_reduce_(process_group, sums, counts, obj)
-            backend.finalize(sums, counts, c)
+                _distributed.all_reduce_(process_group, sums, counts, obj, weight_sums)
+            if weights is None:
+                backend.finalize(sums, counts, c)
+            else:
+                means = sums / weight_sums.clamp_min(1e-300).unsqueeze(-1).to(torch.float32)
+                c.copy_(torch.where((weight_sums > 0).unsqueeze(-1), means, c))
+            c[:, :frozen] = fixed
             imbalance = imbalance_factor(counts, n)
-            stats.record(it, obj, imbalance, backend.split(c, counts, seed, it))
-            if spherical:
-                c.div_(c.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            if frozen:
+                free, free_counts = c[:, frozen:].contiguous(), counts[:, frozen:].contiguous()
+                nsplit = backend.split(free, free_counts, seed, it)
+                c[:, frozen:], counts[:, frozen:] = free, free_counts
+            else:
+                nsplit = backend.split(c, counts, seed, it)
+            stats.record(it, obj, imbalance, nsplit)
+            _post_process(c, spherical, int_centroids)
 
         stats = _Stats(niter, batch, device)
+        faiss_options = (weights is not None or inner_product or frozen or int_centroids)
         graph = (backend.capturable and device.type == "cuda" and not rows.streamed and niter > 0
-                 and not verbose and process_group is None and batch * n * k * d <= GRAPH_MAX_WORK)
+                 and not verbose and process_group is None and not faiss_options
+                 and batch * n * k * d <= GRAPH_MAX_WORK)
+        search.enabled = not graph
         run = (_captured(step, work, stats) if graph
                else lambda iteration: step(work, iteration, stats))
         clock = IterationClock(device)
         for iteration in range(niter):
+            search.iteration = iteration
             run(iteration)
             clock.mark()
             if verbose:
                 print(f"  iteration {iteration}: objective={stats.obj[iteration].tolist()} "
                       f"nsplit={stats.nsplit[iteration].tolist()}", flush=True)
+            if early_stop is not None and stats.converged(iteration, early_stop):
+                break
         if work is not centroids:
             centroids.copy_(work)
-        return centroids, stats.history(clock.seconds())
+        times = clock.seconds()
+        return centroids, stats.history(times, search.seconds(len(times) - 1, graph))

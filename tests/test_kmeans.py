@@ -35,14 +35,14 @@ def test_centroids_match_scikit_learn(backend):
 
 def test_faiss_api_shape(backend):
     x = ref.blobs(800, 10, centres=20, seed=5, spread=0.3)
-    km = dc_kernels.Kmeans(10, 20, niter=8, seed=7, backend=backend)
+    km = dc_kernels.Kmeans(10, 20, niter=8, seed=7, backend=backend, early_stop_threshold=None)
     final = km.train(x)
     assert isinstance(km.centroids, np.ndarray) and km.centroids.shape == (20, 10)
     assert km.centroids.dtype == np.float32
     assert km.obj.shape == (8,) and final == pytest.approx(km.obj[-1])
     assert np.all(np.diff(km.obj) <= 1e-6 * km.obj[0]), km.obj  # Lloyd never increases it
     assert [sorted(s) for s in km.iteration_stats][0] == ["imbalance_factor", "nsplit", "obj",
-                                                          "time"]
+                                                          "time", "time_search"]
     D, I = km.assign(x)
     assert D.shape == (800,) and I.shape == (800,)
     assert D.dtype == np.float32 and I.dtype == np.int64
@@ -154,10 +154,20 @@ def test_nredo_keeps_the_best_start_per_problem(backend):
     assert (runs.max(0) > runs.min(0) * 1.001).all()  # the starts really differ
     for b in range(2):
         np.testing.assert_array_equal(best.centroids[b], singles[runs[:, b].argmin()].centroids[b])
-    km = dc_kernels.Kmeans(6, 12, niter=3, seed=40, nredo=4, backend=backend)
-    km.train(x[0])
-    assert km.obj.shape == (12,)
-    np.testing.assert_allclose(km.assign(x[0])[0].sum(), runs[:, 0].min(), rtol=1e-5)
+
+    # Kmeans: faiss's seeds (start r: seed + 1 + r * 15486557); the statistics, obj and the
+    # returned objective end with the kept start (they reported the last start before).
+    km = dc_kernels.Kmeans(6, 12, niter=3, seed=40, nredo=4, backend=backend,
+                           max_points_per_centroid=None, early_stop_threshold=None)
+    final = km.train(x[0])
+    starts = [dc_kernels.kmeans(x[0], 12, niter=3, seed=41 + r * 15486557, backend=backend)
+              for r in range(4)]
+    kept = int(np.argmin([s.inertia for s in starts]))
+    assert kept != 3, "pick data where the last start is not the best"
+    assert km.obj.shape == (3 * (kept + 1),)
+    assert final == km.obj[-1] == pytest.approx(starts[kept].history[-1]["obj"], rel=1e-9)
+    np.testing.assert_array_equal(km.centroids, starts[kept].centroids)
+    np.testing.assert_allclose(km.assign(x[0])[0].sum(), starts[kept].inertia, rtol=1e-5)
 
 
 def test_fp16_search_does_not_overflow_on_large_values():
@@ -197,7 +207,7 @@ BAD_INPUTS = [
     (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, precision="fp8"), "precision"),
     (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, backend="gpu"), "backend"),
     (lambda: dc_kernels.kmeans("abc", 2), "NumPy array"),
-    (lambda: dc_kernels.Kmeans(3, 2, update_index=True), "unknown Kmeans option"),
+    (lambda: dc_kernels.Kmeans(3, 2, update_indexes=True), "unknown Kmeans option"),
     (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, nredo=0), "nredo must be"),
     (lambda: dc_kernels.kmeans(np.ones((10, 3), np.float32), 2, nredo=2,
                                init_centroids=np.ones((2, 3), np.float32)), "cannot be combined"),
@@ -285,3 +295,108 @@ def test_auto_picks_a_backend_that_has_the_precision(monkeypatch):
     monkeypatch.setenv(AUTO_ORDER_VARIABLE, "cpu")
     with pytest.raises(ValueError, match="cpu: it supports precisions"):
         dc_kernels.kmeans(x, 3, niter=2, precision="fp16")
+
+
+# ---------------------------------------------------------------- no silent wrong answer
+@pytest.mark.parametrize("exponent", [70, -80, 120])
+def test_extreme_magnitudes_give_the_exactly_scaled_answer(backend, exponent):
+    # Squared distances of |x| ~ 2^70 overflow fp32 and those of 2^-80 vanish: the data are
+    # rescaled by a power of two, so labels and centroids are those of the unscaled problem,
+    # exactly, and the objectives scale by 4^exponent.
+    x = ref.blobs(400, 6, centres=5, seed=30, spread=0.3)
+    init = x[:5].copy()
+    scale = np.float32(2.0 ** exponent)
+    plain = dc_kernels.kmeans(x, 5, niter=4, init_centroids=init, backend=backend)
+    big = dc_kernels.kmeans(x * scale, 5, niter=4, init_centroids=init * scale, backend=backend)
+    np.testing.assert_array_equal(big.labels, plain.labels)
+    np.testing.assert_array_equal(big.centroids, plain.centroids * scale)
+    assert np.isfinite(big.inertia) and big.inertia > 0
+    assert big.inertia == pytest.approx(plain.inertia * 4.0 ** exponent, rel=1e-6)
+    for mine, theirs in zip(big.history, plain.history, strict=True):
+        assert mine["obj"] == pytest.approx(theirs["obj"] * 4.0 ** exponent, rel=1e-6)
+
+
+def test_float64_beyond_float32_is_refused_and_within_is_exact(backend):
+    x = ref.blobs(300, 4, centres=3, seed=31, spread=0.3).astype(np.float64)
+    with pytest.raises(ValueError, match="outside float32's normal range"):
+        dc_kernels.kmeans(x * 1e300, 3, niter=2, backend=backend)
+    with pytest.raises(ValueError, match="outside float32's normal range"):
+        dc_kernels.kmeans(x * 1e-300, 3, niter=2, backend=backend)
+    plain = dc_kernels.kmeans(x, 3, niter=3, backend=backend)
+    big = dc_kernels.kmeans(x * 2.0 ** 100, 3, niter=3, backend=backend)  # |x| ~ 1e30
+    np.testing.assert_array_equal(big.labels, plain.labels)
+    assert big.inertia == pytest.approx(plain.inertia * 4.0 ** 100, rel=1e-6)
+
+
+def test_assign_distances_beyond_float32_come_back_as_float64(backend):
+    x = ref.blobs(200, 8, centres=4, seed=32, spread=0.5) * np.float32(2.0 ** 66)
+    km = dc_kernels.Kmeans(8, 4, niter=3, backend=backend)
+    km.train(x)
+    with pytest.warns(UserWarning, match="float64"):
+        D, I = km.assign(x)
+    d64, i64 = ref.assign(x, km.centroids)
+    assert D.dtype == np.float64 and np.isfinite(D).all()
+    np.testing.assert_array_equal(I, i64)
+    np.testing.assert_allclose(D, d64, rtol=1e-5)
+
+
+def test_value_range_reads_in_chunks_and_broadcast_views_once(monkeypatch):
+    from dc_kernels import _arrays
+
+    sizes = []
+    original = torch.Tensor.abs
+    monkeypatch.setattr(torch.Tensor, "abs", lambda t: sizes.append(t.numel()) or original(t))
+    x = torch.randn(4096, 3000)
+    assert _arrays.value_range(x) == float(original(x).max())
+    assert max(sizes) <= _arrays.FINITE_CHUNK < x.numel()
+    sizes.clear()
+    wide = torch.zeros(1, 4096).expand(3_000_000, 4096)  # 12e9 values, one row of storage
+    wide_bad = torch.tensor([[0.0, np.nan]]).expand(10**9, 2)
+    assert _arrays.value_range(wide) == 0.0 and max(sizes) == 4096
+    with pytest.raises(ValueError, match="non-finite"):
+        _arrays.value_range(wide_bad)
+
+
+def test_a_request_beyond_memory_is_refused_before_allocating():
+    from dc_kernels import _arrays
+
+    free = _arrays.available_bytes(torch.device("cpu"))
+    rows = int(free // (4 * 1024)) * 4 + 1024  # its float32 copy is 4x the available memory
+    x = torch.ones(1, 1024).expand(rows, 1024)  # not contiguous: the kernels need a copy
+    with pytest.raises(ValueError, match=r"needs about .* GiB on cpu \(working copy of x"):
+        dc_kernels.kmeans(x, 10, niter=1, backend="torch")
+
+
+BAD_ARGUMENTS = [
+    ({"seed": -1}, "seed must be"), ({"seed": 2 ** 64}, "seed must be"),
+    ({"seed": 1.5}, "seed must be"), ({"seed": "1"}, "seed must be"),
+    ({"max_points_per_centroid": 0}, "max_points_per_centroid must be"),
+    ({"max_points_per_centroid": -10}, "max_points_per_centroid must be"),
+    ({"niter": -1}, "niter must be"), ({"niter": 2.0}, "niter must be"),
+    ({"spherical": "yes"}, "spherical must be a bool"),
+    ({"init_method": "afk_mc2"}, "AFK_MC2 is not implemented"),
+]
+
+
+@pytest.mark.parametrize("options,message", BAD_ARGUMENTS)
+def test_every_argument_is_checked_where_it_enters(options, message):
+    x = np.ones((20, 3), np.float32)
+    with pytest.raises(ValueError, match=message):
+        dc_kernels.kmeans(x, 2, **options)
+    with pytest.raises(ValueError, match=message):
+        dc_kernels.Kmeans(3, 2, **options)
+
+
+def test_tensors_that_cannot_be_clustered_as_they_are(backend):
+    x = torch.from_numpy(ref.blobs(100, 3, centres=2, seed=33))
+    with pytest.raises(ValueError, match="x requires grad.*detach"):
+        dc_kernels.kmeans(x.clone().requires_grad_(), 2, niter=1, backend=backend)
+    with pytest.raises(ValueError, match="meta device"):
+        dc_kernels.kmeans(torch.empty(100, 3, device="meta"), 2, niter=1, backend=backend)
+    with pytest.raises(ValueError, match="weights requires grad"):
+        dc_kernels.Kmeans(3, 2, backend=backend).train(
+            x, weights=torch.ones(100, requires_grad=True))
+    reversed_rows = x.numpy()[::-1]  # negative strides: copied, same answer as a copy
+    res = dc_kernels.kmeans(reversed_rows, 2, niter=2, backend=backend)
+    same = dc_kernels.kmeans(reversed_rows.copy(), 2, niter=2, backend=backend)
+    np.testing.assert_array_equal(res.labels, same.labels)

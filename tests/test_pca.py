@@ -67,6 +67,12 @@ BAD = [  # those of every backend's inputs are in test_backend_contract.py
     (lambda: dc_kernels.PCAWhitening(4, 2).train(np.ones((10, 3), np.float32)), "expected d=4"),
     (lambda: dc_kernels.PCAWhitening(3, 2).train(np.ones((1, 3), np.float32)), "at least 2"),
     (lambda: dc_kernels.PCAWhitening(3, 2).apply(np.ones((4, 3), np.float32)), "before train"),
+    (lambda: dc_kernels.PCAWhitening(3, 2, eigen_power=float("nan")), "eigen_power must be"),
+    (lambda: dc_kernels.PCAWhitening(3, 2, eigen_power=float("inf")), "eigen_power must be"),
+    (lambda: dc_kernels.PCAWhitening(3, 2, eigenvalue_floor=float("nan")), "eigenvalue_floor"),
+    (lambda: dc_kernels.PCAWhitening(3, 2).train(torch.ones(5, 3, requires_grad=True)),
+     "requires grad"),
+    (lambda: dc_kernels.PCAWhitening(3, 2).train(np.full((5, 3), 1e300)), "outside float32"),
 ]
 
 
@@ -74,3 +80,25 @@ BAD = [  # those of every backend's inputs are in test_backend_contract.py
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, 0.1, -3e7])
+def test_constant_data_gives_finite_output_and_a_warning(backend, value):
+    # Every direction has zero variance: 0^-0.5 would be Inf (NaN after the L2 step).
+    x = np.full((50, 6), value, np.float32)
+    with pytest.warns(UserWarning, match="zero variance"):
+        pca = dc_kernels.PCAWhitening(6, 3, backend=backend).train(x)
+    y = pca.apply(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_array_equal(y, 0.0)  # nothing varies: no direction carries a value
+
+
+def test_extreme_magnitudes_fit_as_the_scaled_data(backend):
+    x = correlated(500, 8, seed=7)
+    plain = dc_kernels.PCAWhitening(8, 4, normalize=False, backend=backend).train(x)
+    big = dc_kernels.PCAWhitening(8, 4, normalize=False, backend=backend).train(
+        x * np.float32(2.0 ** 100))
+    np.testing.assert_allclose(big.eigenvalues.numpy(), plain.eigenvalues.numpy() * 4.0 ** 100,
+                               rtol=1e-9)
+    np.testing.assert_allclose(big.apply(x * np.float32(2.0 ** 100)), plain.apply(x),
+                               rtol=1e-4, atol=1e-4)
