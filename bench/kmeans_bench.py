@@ -113,7 +113,9 @@ def run_dc_kernels(backend: str, precision: str):
     def make(x, init, iters):
         def call():
             km = dc_kernels.Kmeans(x.shape[2], init.shape[1], niter=iters, seed=SEED,
-                                   backend=backend, precision=precision)
+                                   backend=backend, precision=precision,
+                                   max_points_per_centroid=None, min_points_per_centroid=None,
+                                   early_stop_threshold=None)  # every point, every iteration
             km.train(x, init_centroids=init)
             return km.centroids, iters
 
