@@ -111,8 +111,8 @@ def test_bad_values_are_refused_before_the_data(flag, value, message, tmp_path, 
 def test_yaml_numbers_and_duplicate_keys(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("lr: 1e-2\nwd: 5E-4\nk: 7\n")  # YAML 1.1 reads 1e-2 as a string
-    assert (parse_config(["--config", str(config)]).lr,
-            parse_config(["--config", str(config)]).wd) == (0.01, 0.0005)
+    config_from_yaml = parse_config(["--config", str(config)])
+    assert (config_from_yaml.lr, config_from_yaml.wd, config_from_yaml.k) == (0.01, 0.0005, 7)
     config.write_text("k: 7\nlr: 0.1\nk: 9\n")
     with pytest.raises(ConfigError, match=r"'k' is given twice \(lines 1 and 3\)"):
         parse_config(["--config", str(config)])
