@@ -6,7 +6,9 @@
 # 1. builds an ImageNet-like folder of E2E_IMAGES (20,000) photo-like JPEGs (bench/data_bench.py:
 #    crops of scikit-learn's sample photos at ImageNet sizes, quality 90; no network needed);
 # 2. runs deepcluster-train --arch alexnet --width 1 --k 1000 --epochs 2 once per backend in
-#    E2E_BACKENDS ("triton auto"), and prints from each run's metrics.jsonl: images/s of the
+#    E2E_BACKENDS ("triton auto triton-host"; NAME-host adds --features-on host: float16
+#    features in pinned host memory, streamed through the GPU by dc_kernels, the path that
+#    ImageNet-size features take), and prints from each run's metrics.jsonl: images/s of the
 #    feature and training passes, PCA and k-means seconds, peak GPU memory;
 # 3. runs bench/data_bench.py on the same folder: the same passes fed by the plain torchvision
 #    ImageFolder pipeline (--model-passes), CPU ms per image, start-up on 100k files.
@@ -16,7 +18,7 @@
 set -u -o pipefail
 OUT=${1:?usage: bash bench/train_e2e.sh OUT}
 IMAGES=${E2E_IMAGES:-20000}
-BACKENDS=${E2E_BACKENDS:-"triton auto"}
+BACKENDS=${E2E_BACKENDS:-"triton auto triton-host"}
 TRAIN_ARGS=${E2E_TRAIN_ARGS:-"--arch alexnet --width 1 --k 1000 --batch-size 256"}
 BENCH_ARGS=${E2E_BENCH_ARGS:-"--model-passes --images 2000 --listing-files 100000"}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,18 +33,21 @@ if [ ! -d "$DATA" ]; then
         2>&1 | tee "$OUT/make-folder.log" || status=1
 fi
 
-for backend in $BACKENDS; do
-    run="$OUT/train-$backend"
+for spec in $BACKENDS; do
+    backend=${spec%-host}
+    where=auto
+    [ "$backend" != "$spec" ] && where=host
+    run="$OUT/train-$spec"
     rm -rf "$run"
-    echo "== deepcluster-train --kmeans-backend $backend ($IMAGES images)"
+    echo "== deepcluster-train --kmeans-backend $backend --features-on $where ($IMAGES images)"
     # shellcheck disable=SC2086  # TRAIN_ARGS is a list of options
     start=$SECONDS
     (cd "$ROOT" && "$PYTHON" -m deepcluster.train --data "$DATA" $TRAIN_ARGS \
-        --epochs 2 --kmeans-backend "$backend" --out "$run" --log-every 10) \
-        > "$OUT/train-$backend.log" 2>&1 || status=1
+        --epochs 2 --kmeans-backend "$backend" --features-on "$where" --out "$run" \
+        --log-every 10) > "$OUT/train-$spec.log" 2>&1 || status=1
     echo "wall time $((SECONDS - start)) s (start-up and both epochs)" | tee -a "$OUT/summary.txt"
-    tail -n 40 "$OUT/train-$backend.log"
-    "$PYTHON" - "$run/metrics.jsonl" "$backend" <<'EOF' | tee -a "$OUT/summary.txt" || status=1
+    tail -n 40 "$OUT/train-$spec.log"
+    "$PYTHON" - "$run/metrics.jsonl" "$spec" <<'EOF' | tee -a "$OUT/summary.txt" || status=1
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 print(f"backend {sys.argv[2]}:")
@@ -52,7 +57,7 @@ for r in rows:
           f"({r.get('kmeans_backend')}), GPU peak {r.get('gpu_peak_gib', float('nan')):.2f} GiB,"
           f" unreadable {r.get('unreadable_images')}")
 EOF
-    grep -E "^epoch [0-9]+ \|" "$OUT/train-$backend.log" | tee -a "$OUT/summary.txt"
+    grep -E "^epoch [0-9]+ \|" "$OUT/train-$spec.log" | tee -a "$OUT/summary.txt"
 done
 
 echo "== bench/data_bench.py on the same folder"

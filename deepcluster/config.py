@@ -20,6 +20,7 @@ from .models import ARCHS
 
 BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
 DEVICES = ("auto", "cpu", "cuda")
+FEATURES_ON = ("auto", "device", "host")
 NO_OUT = "none"  # --out none: write nothing
 SEED_LIMIT = 2**32  # NumPy's global seed must be below it
 MAX_DIST_TIMEOUT = 525_600.0  # minutes: a year
@@ -55,6 +56,7 @@ class Config:
     workers: int = -1
     check_images: bool = False
     log_every: float = 10.0
+    features_on: str = "auto"
     seed: int = 31
     amp: bool = False
     device: str = "auto"
@@ -99,6 +101,8 @@ class Config:
             (finite(self.dist_timeout) and 0 < self.dist_timeout <= MAX_DIST_TIMEOUT,
              f"dist_timeout must be in (0, {MAX_DIST_TIMEOUT:g}] minutes, got "
              f"{self.dist_timeout}"),
+            (self.features_on in FEATURES_ON,
+             f"features_on must be one of {FEATURES_ON}, got {self.features_on!r}"),
             (finite(self.log_every) and self.log_every >= 0,
              f"log_every must be >= 0 seconds, got {self.log_every}"),
             (not (self.resume and self.out in ("", NO_OUT)),
@@ -115,7 +119,7 @@ class Config:
 
 # Settings a resumed run may change; every other one must match the checkpoint's.
 RESUMABLE = frozenset({"epochs", "out", "resume", "workers", "device", "kmeans_backend",
-                       "dist_timeout", "check_images", "log_every"})
+                       "dist_timeout", "check_images", "log_every", "features_on"})
 
 # (help, paper's value or None when the paper has none or the default is it)
 _HELP: dict[str, tuple[str, str | None]] = {
@@ -149,6 +153,9 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "workers": ("data-loader worker processes, persistent across passes (-1: 0 for in-memory "
                 "arrays, else the CPUs this process may use, shared among torchrun's local "
                 "processes)", "4"),
+    "features_on": ("where each pass's features are kept: device, host (float16, pinned when a "
+                    "GPU trains; PCA and k-means stream them through it), or auto: the device "
+                    "when they take at most a quarter of its free memory, else host", None),
     "check_images": ("decode every image file once at start-up, in parallel, and leave the "
                      "unreadable ones out (default: files that fail when loaded are replaced "
                      "by the next readable one, counted and listed in --out)", None),
@@ -194,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=text)
         else:
-            choices = {"arch": ARCHS, "kmeans_backend": BACKENDS}.get(f.name)
+            choices = {"arch": ARCHS, "kmeans_backend": BACKENDS,
+                       "features_on": FEATURES_ON}.get(f.name)
             parser.add_argument(_flag(f.name), type=f.type, choices=choices, help=text,
                                 metavar=f.name.upper() if choices is None else None)
     return parser

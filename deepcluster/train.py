@@ -106,27 +106,32 @@ def reset_top_layer(model: DeepClusterNet, k: int, seed: int, device: torch.devi
     return model.top_layer
 
 
-def _feature_buffer(n: int, dim: int, device: torch.device) -> torch.Tensor:
-    """Where one pass's features go: on the device when they take at most a quarter of its
-    free memory (the rest is the network's, and k-means'), else in pinned host memory as
-    float16 (1.28M x 4096 = 9.8 GiB), which dc_kernels streams to the GPU chunk by chunk."""
-    if device.type != "cuda" or n * dim * 4 <= torch.cuda.mem_get_info(device)[0] // 4:
+def _feature_buffer(n: int, dim: int, device: torch.device, where: str) -> torch.Tensor:
+    """Where one pass's features go (``where``: --features-on): float32 on the device, or
+    float16 in host memory (pinned for a GPU; 1.28M x 4096 = 9.8 GiB), which dc_kernels streams
+    to the GPU chunk by chunk. 'auto' takes the device when they use at most a quarter of its
+    free memory (the rest is the network's, and k-means')."""
+    if where == "auto":
+        fits = device.type != "cuda" or n * dim * 4 <= torch.cuda.mem_get_info(device)[0] // 4
+        where = "device" if fits else "host"
+    if where == "device":
         return torch.empty(n, dim, device=device)
-    return torch.empty(n, dim, dtype=torch.float16, pin_memory=True)
+    return torch.empty(n, dim, dtype=torch.float16, pin_memory=device.type == "cuda")
 
 
 def extract_features(model: DeepClusterNet, loader: DataLoader, first: int, device: torch.device,
-                     amp: bool, progress: Progress) -> tuple[torch.Tensor, list[int]]:
+                     amp: bool, progress: Progress,
+                     where: str = "auto") -> tuple[torch.Tensor, list[int]]:
     """Embeddings of the images ``first``, ``first + 1``, ... that ``loader`` yields (row i =
-    image first + i; see ``_feature_buffer`` for where they are kept), and the images whose
-    file was unreadable (replaced by the next readable one)."""
+    image first + i; ``where`` and ``_feature_buffer`` say where they are kept), and the
+    images whose file was unreadable (replaced by the next readable one)."""
     model.eval()
-    features = _feature_buffer(len(loader.sampler), model.feature_dim, device)
+    features = _feature_buffer(len(loader.sampler), model.feature_dim, device, where)
     replaced: list[int] = []
     with torch.no_grad(), _autocast(device, amp):
         for x, index, was_replaced in loader:
             embedding = model.embed(normalize(x.to(device, non_blocking=True))).float()
-            if features.device != embedding.device:  # float16 on the host: saturate, not inf
+            if features.dtype == torch.float16:  # host features: saturate, not inf
                 embedding = embedding.clamp(-65504, 65504).to(features.dtype).cpu()
             features[(index - first).to(features.device)] = embedding
             replaced += index[was_replaced].tolist()
@@ -411,7 +416,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
             progress = Progress(f"epoch {epoch} features", len(loader), config.log_every,
                                 distributed.is_main())
             features, found = extract_features(model, loader, shard.start, device, config.amp,
-                                               progress)
+                                               progress, config.features_on)
             record["time_features"] = time.perf_counter() - progress.start
             backend = config.kmeans_backend
             if features.device != device and backend == "auto":

@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 
 from deepcluster import data
+from deepcluster.config import Config
+from deepcluster.models import build_model
 from deepcluster.progress import Progress
-from deepcluster.train import main
+from deepcluster.train import _loader, _PassItems, extract_features, main
 
 RNG = np.random.default_rng(11)
 RGB = RNG.integers(0, 256, (6, 8, 3), dtype=np.uint8)
@@ -298,6 +300,25 @@ def test_two_ranks_share_rank_0s_index_and_count_unreadable_files_once(tmp_path)
     assert listed == [str(root / "a" / "2.png"), str(root / "b" / "deep" / "0.png")]
     back = data.read_index(out / "index.npz", root)
     assert back is not None and len(back) == 6
+
+
+def test_features_on_the_host_are_the_device_features_in_float16():
+    torch.manual_seed(0)
+    model = build_model("alexnet", 3, image_size=16, width=0.125, in_channels=1)
+    images = data.load_images("digits").subset(np.arange(40))
+    items = _PassItems()
+    loader = _loader(data.ImageDataset(images, 16), Config(batch_size=16), 0,
+                     torch.device("cpu"), items)
+    items.items = range(10, 40)  # a shard: rows are images 10..39
+    cpu = torch.device("cpu")
+    kept = {where: extract_features(model, loader, 10, cpu, False, Progress("f", show=False),
+                                    where)[0] for where in ("device", "host")}
+    assert kept["device"].dtype == torch.float32 and kept["host"].dtype == torch.float16
+    assert kept["device"].shape == (30, model.feature_dim)
+    assert torch.equal(kept["host"], kept["device"].half())
+    with torch.no_grad():
+        x = torch.stack([data.eval_transform(16)(images.load(i)) for i in range(10, 40)])
+        torch.testing.assert_close(kept["device"], model.embed(data.normalize(x)))
 
 
 # ---- normalisation, progress, loader defaults
