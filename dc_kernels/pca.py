@@ -30,6 +30,10 @@ def _fit(x: Any, d_in: int, count: int, backend: str, process_group: Any = None,
         index = torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(1234))
         xt = xt[index[:max_rows].to(xt.device)]
     exponent = _arrays.pow2_exponent(peak, "fp32")
+    copied = exponent != 0 or not xt.is_contiguous()
+    _arrays.check_memory(xt.device, {
+        "working copy of x": xt.numel() * (4 if exponent else xt.element_size()) * copied,
+        "covariance and eigendecomposition": 4 * d_in * d_in * 8})
     impl = get_backend(backend, xt.device)
     xs = _arrays.scaled_float32(xt, exponent) if exponent else xt.contiguous()
     mean, cov = _rows.covariance(impl, xs)

@@ -102,3 +102,15 @@ def test_extreme_magnitudes_fit_as_the_scaled_data(backend):
                                rtol=1e-9)
     np.testing.assert_allclose(big.apply(x * np.float32(2.0 ** 100)), plain.apply(x),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_fit_beyond_memory_is_refused_before_allocating():
+    from dc_kernels import _arrays
+
+    free = _arrays.available_bytes(torch.device("cpu"))
+    d = int((free / 8) ** 0.5) + 1  # its d x d float64 covariance alone exceeds the memory
+    x = torch.zeros(1, d).expand(3, d)
+    with pytest.raises(ValueError, match=r"needs about .* GiB on cpu .*covariance"):
+        dc_kernels.PCAWhitening(d, 2).train(x)
+    with pytest.raises(ValueError, match=r"needs about .* GiB on cpu .*covariance"):
+        dc_kernels.PCAMatrix(d, 2).train(x)

@@ -197,7 +197,7 @@ class TorchBackend:
     def covariance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (d,) and covariance (d, d) of the rows of x (N, d), both float64.
 
-        Divides by N (population covariance), as faiss.PCAMatrix does.
+        Divides by N (population covariance); faiss.PCAMatrix keeps the scatter (N times it).
         """
         n, d = x.shape
         total = torch.zeros(d, dtype=torch.float64, device=x.device)
