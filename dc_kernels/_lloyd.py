@@ -171,19 +171,20 @@ def _weighted_sums(backend: TorchBackend, x: torch.Tensor, labels: torch.Tensor,
         weight_sums.scatter_add_(1, part_labels, part_weights.double())
 
 
-def _post_process(c: torch.Tensor, spherical: bool, int_centroids: bool) -> None:
-    """faiss's post-processing of centroids: unit norm (spherical), then rounding."""
+def _post_process(c: torch.Tensor, spherical: bool, round_to: float | None) -> None:
+    """faiss's post-processing of centroids: unit norm (spherical), then rounding to multiples
+    of ``round_to`` (a power of two: exact)."""
     if spherical:
         c.div_(c.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    if int_centroids:
-        c.round_()
+    if round_to is not None:
+        c.div_(round_to).round_().mul_(round_to)
 
 
 def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBackend,
           precision: str, seed: int, spherical: bool = False, verbose: bool = False,
           process_group: Any = None, chunk_rows: int | None = None, *,
           weights: torch.Tensor | None = None, inner_product: bool = False, frozen: int = 0,
-          int_centroids: bool = False, early_stop: float | None = None,
+          round_to: float | None = None, early_stop: float | None = None,
           ) -> tuple[torch.Tensor, list[dict]]:
     """Run up to ``niter`` Lloyd iterations on validated (B, N, d) data from (B, K, d) float32
     centroids, which are updated in place and returned with the per-iteration statistics.
@@ -196,10 +197,11 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
     faiss's options: ``weights`` (B, N) non-negative, on x's device: weighted means (the
     objective stays the plain sum of distances, as faiss's); ``inner_product``: the objective
     is the sum of x . c over the assignments (spherical k-means as faiss reports it); the first
-    ``frozen`` centroids never move (nor take part in splits); ``int_centroids`` rounds the
-    centroids after each update; ``early_stop``: stop once the objective changes by at most
-    that much, relative (reads it back each iteration). ``spherical`` and ``int_centroids`` also
-    apply to the initial centroids.
+    ``frozen`` centroids never move (nor take part in splits); ``round_to`` (faiss's
+    int_centroids: 1, or 2^-e on data rescaled by 2^-e) rounds the centroids to its multiples
+    after each update; ``early_stop``: stop once the objective changes by at most that much,
+    relative (reads it back each iteration). ``spherical`` and ``round_to`` also apply to the
+    initial centroids.
     """
     batch, n, d = x.shape
     k = centroids.shape[1]
@@ -209,7 +211,7 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
     device = rows.device
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         work = centroids.to(device)  # centroids itself unless x streams from host memory
-        _post_process(work, spherical, int_centroids)
+        _post_process(work, spherical, round_to)
         fixed = work[:, :frozen].clone()
         assign = (None if rows.chunked else backend.pruner(x, k)) or backend.assign
         sums = torch.zeros(batch, k, d, dtype=torch.float32, device=device)
@@ -251,10 +253,10 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
             else:
                 nsplit = backend.split(c, counts, seed, it)
             stats.record(it, obj, imbalance, nsplit)
-            _post_process(c, spherical, int_centroids)
+            _post_process(c, spherical, round_to)
 
         stats = _Stats(niter, batch, device)
-        faiss_options = (weights is not None or inner_product or frozen or int_centroids)
+        faiss_options = weights is not None or inner_product or frozen or round_to is not None
         graph = (backend.capturable and device.type == "cuda" and not rows.streamed and niter > 0
                  and not verbose and process_group is None and not faiss_options
                  and batch * n * k * d <= GRAPH_MAX_WORK)

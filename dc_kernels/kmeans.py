@@ -260,9 +260,6 @@ def _train(problem: _Problem, k: int, s: _Settings, process_group: Any = None,
     (as faiss's); with B > 1 it holds every start's iterations."""
     xb, impl, precision, init = problem.x, problem.backend, s.precision, problem.init
     inner_product = bool(s.spherical)
-    if s.int_centroids and problem.exponent < 0:
-        raise ValueError("int_centroids rounds centroids to integers, but x's values are all "
-                         "below 2^-32 in magnitude: every centroid would be 0")
     if s.frozen_centroids and init is None:
         log.info("dc_kernels: frozen_centroids without init_centroids freezes nothing")
     frozen = init.shape[1] if (s.frozen_centroids and init is not None) else 0
@@ -300,7 +297,8 @@ def _train(problem: _Problem, k: int, s: _Settings, process_group: Any = None,
         centroids, run_history = lloyd(
             sample, centroids, s.niter, impl, precision, run_seed, bool(s.spherical),
             bool(s.verbose), process_group, weights=weights, inner_product=inner_product,
-            frozen=frozen, int_centroids=bool(s.int_centroids) and problem.exponent == 0,
+            frozen=frozen,
+            round_to=math.ldexp(1.0, -problem.exponent) if s.int_centroids else None,
             early_stop=s.early_stop_threshold)
         elapsed = history[-1]["time"] if history else 0.0  # times run on across starts
         search = history[-1]["time_search"] if history else 0.0

@@ -74,6 +74,15 @@ def test_objective_decreases_and_more_centroids_quantise_better(any_backend):
     np.testing.assert_array_equal(km_int.centroids, np.round(km_int.centroids))
 
 
+def test_int_centroids_on_rescaled_data_are_integers(backend):
+    x = uniform(200, 4, seed=3)
+    x[:, 0] += np.float32(2.0 ** 36)  # beyond 2^32: the kernels see x / 2^36
+    km = dc_kernels.Kmeans(4, 3, niter=3, int_centroids=True, backend=backend)
+    km.train(x)
+    np.testing.assert_array_equal(km.centroids, np.round(km.centroids))
+    assert (km.centroids[:, 1:] != 0).any()  # the small coordinates are rounded, not lost
+
+
 def test_more_centroids_than_distinct_points(any_backend):
     x = np.zeros((100, 2), np.float32)
     x[:] = np.repeat(np.random.default_rng(1).uniform(size=(5, 2)), 20, axis=0)
