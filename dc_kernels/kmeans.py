@@ -106,8 +106,10 @@ def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: s
     exponent = _arrays.pow2_exponent(peak, precision)
     batch, n, dim = xb.shape
     copied = exponent != 0 or not xb.is_contiguous() or xb.device != device
+    converted = backend.name in ("cpu", "cuda") and not exponent and xb.dtype != torch.float32
     _arrays.check_memory(device, {
         "working copy of x": batch * n * dim * (4 if exponent else xb.element_size()) * copied,
+        "float32 copy of x in the kernels": batch * n * dim * 4 * converted,
         "distances and labels": batch * n * 12,
         "centroids, sums and counts": batch * k * (dim * 12 + 24)})
     if exponent:
