@@ -261,16 +261,21 @@ def _npz(path: Path) -> ImageSet:
 
 # ---- image directories -----------------------------------------------------------------------
 
-def _scan(root: str, every: float, show: bool) -> list[bytes]:
-    """Relative paths (bytes) of the image files under ``root``: a depth-first walk with
-    os.scandir, each directory's entries in name order (the same order on every machine)."""
+def _scan(root: str, every: float,
+          show: bool) -> tuple[list[bytes], list[int], list[bytes]]:
+    """The image files under ``root``: their relative paths (bytes), the number of the
+    first-level folder each lies in (-1: in ``root`` itself) and those folders' names. A
+    depth-first walk with os.scandir, each directory's entries in name order (the same order on
+    every machine), so the folders are numbered in name order."""
     exts = tuple(e.encode() for e in IMAGE_EXTENSIONS)
     found: list[bytes] = []
+    tops: list[int] = []
+    top_names: list[bytes] = []
     # Not a line per directory, even when training prints one per step.
     progress = Progress(f"listing {root}:", every=max(every, 2.0), show=show, unit="files")
-    stack, visited = [b""], set()
+    stack, visited = [(b"", -1)], set()
     while stack:
-        rel = stack.pop()
+        rel, top = stack.pop()
         where = os.path.join(os.fsencode(root), rel)
         try:
             stat = os.stat(where)
@@ -283,15 +288,19 @@ def _scan(root: str, every: float, show: bool) -> list[bytes]:
             raise DataError(f"cannot read the data directory {os.fsdecode(where)}: "
                             f"{exc.strerror or exc}") from exc
         subdirs, before = [], len(found)
+        prefix = rel + os.sep.encode() if rel else b""
         for entry in entries:
             if entry.is_dir():
-                subdirs.append(os.path.join(rel, entry.name))
+                if top < 0:
+                    top_names.append(entry.name)
+                subdirs.append((prefix + entry.name, len(top_names) - 1 if top < 0 else top))
             elif entry.name.lower().endswith(exts) and entry.is_file():
-                found.append(os.path.join(rel, entry.name))
+                found.append(prefix + entry.name)
+        tops += [top] * (len(found) - before)
         stack.extend(reversed(subdirs))
         progress.step(len(found) - before)
     progress.close()
-    return found
+    return found, tops, top_names
 
 
 def _header_sample(index: FileIndex) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -353,15 +362,15 @@ def check_files(index: FileIndex, workers: int, every: float = 10.0,
     return sorted(bad)
 
 
-def _folder_labels(rel_paths: list[bytes]) -> tuple[np.ndarray | None, list[str]]:
-    """First-level folder names as labels when every image lives in such a folder."""
-    tops = [p.split(os.sep.encode(), 1) for p in rel_paths]
-    if not all(len(parts) == 2 for parts in tops):
+def _folder_labels(tops: list[int],
+                   top_names: list[bytes]) -> tuple[np.ndarray | None, list[str]]:
+    """First-level folder names as labels (numbered among the folders that hold images) when
+    every image lives in such a folder."""
+    numbers = np.asarray(tops, dtype=np.int64)
+    if numbers.min() < 0:
         return None, []
-    names = sorted({parts[0] for parts in tops})
-    number = {name: i for i, name in enumerate(names)}
-    labels = np.fromiter((number[parts[0]] for parts in tops), dtype=np.int64, count=len(tops))
-    return labels, [os.fsdecode(name) for name in names]
+    used = np.unique(numbers)
+    return np.searchsorted(used, numbers), [os.fsdecode(top_names[i]) for i in used]
 
 
 def _image_folder(root: Path, check: bool, workers: int, every: float,
@@ -370,14 +379,14 @@ def _image_folder(root: Path, check: bool, workers: int, every: float,
     first-level folder names when all images live in such folders (ImageFolder layout)."""
     if not os.access(root, os.R_OK | os.X_OK):
         raise DataError(f"cannot read the data directory {root}: permission denied")
-    rel_paths = _scan(str(root), every, show)
+    rel_paths, tops, top_names = _scan(str(root), every, show)
     if not rel_paths:
         raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     ends = np.cumsum(np.fromiter(map(len, rel_paths), dtype=np.int64, count=len(rel_paths)))
     index = FileIndex(str(root), np.frombuffer(b"".join(rel_paths), dtype=np.uint8),
                       ends - np.fromiter(map(len, rel_paths), dtype=np.int64), ends)
-    labels, class_names = _folder_labels(rel_paths)
-    del rel_paths
+    labels, class_names = _folder_labels(tops, top_names)
+    del rel_paths, tops
     sides, bad_headers = _header_sample(index)
     for path, why in bad_headers:
         warnings.warn(f"unreadable image {path}: {why}", stacklevel=3)
