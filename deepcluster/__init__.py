@@ -3,5 +3,6 @@
 Command: ``deepcluster-train`` (``deepcluster.train:main``). Building blocks for other tools:
 ``models.build_model`` (the networks), ``checkpoint.load_checkpoint`` /
 ``checkpoint.model_from_checkpoint`` (a trained feature extractor, ``model.embed``), and
-``data.load_images`` / ``data.eval_transform`` (its data and input pipeline).
+``data.load_images`` / ``data.eval_transform`` + ``data.normalize`` (its data and input
+pipeline).
 """

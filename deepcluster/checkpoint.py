@@ -15,8 +15,8 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled class
     num_images   the dataset size the run used
 
 For evaluation: ``model, config = model_from_checkpoint(path)`` and
-``deepcluster.data.eval_transform(model_spec["image_size"])`` rebuild the feature extractor
-(``model.embed``) and its input pipeline.
+``deepcluster.data.eval_transform(model_spec["image_size"])`` then ``data.normalize`` rebuild the
+feature extractor (``model.embed``) and its input pipeline.
 """
 
 import dataclasses
@@ -141,7 +141,8 @@ def model_from_checkpoint(source: str | Path | dict[str, Any],
     """The trained network (eval mode, on ``device``) and the Config of the run that made it.
 
     ``source`` is a checkpoint path or a dict from ``load_checkpoint``. The feature extractor is
-    ``model.embed``; its input pipeline is ``data.eval_transform(model_spec["image_size"])``.
+    ``model.embed``; its input pipeline is ``data.eval_transform(model_spec["image_size"])``
+    (uint8) then ``data.normalize``.
     """
     state = source if isinstance(source, dict) else load_checkpoint(source, keys=MODEL_KEYS)
     spec = state["model_spec"]
