@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from dc_kernels.backends import unavailable_reason
 
-from . import distributed, metrics, plots, rundir
+from . import distributed, metrics, rundir
 from .checkpoint import (
     CheckpointError,
     check_compatible,
@@ -495,6 +495,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
 
     # ---- final plots
     if out is not None and records and distributed.is_main():
+        from . import plots  # matplotlib: imported here, not at launch (a second of start-up)
+
         sobel = model.sobel.filters.weight.detach().cpu() if model.sobel is not None else None
         for path in (plots.plot_nmi_curves(records, out / "nmi.png"),
                      plots.plot_cluster_sizes(sizes, out / "cluster_sizes.png"),
