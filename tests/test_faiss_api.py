@@ -371,7 +371,7 @@ def test_pca_attributes_are_faiss_s(any_backend):
     assert all(isinstance(a, np.ndarray) and a.dtype == np.float32
                for a in (pca.A, pca.b, pca.mean, pca.eigenvalues, pca.PCAMat))
     np.testing.assert_allclose(np.abs(pca.PCAMat[:5] @ vectors[:, ::-1][:, :5]), np.eye(5),
-                               atol=1e-5)
+                               atol=1e-4)  # faiss: fp32 scatter
     np.testing.assert_allclose(pca.apply(x), x @ pca.A.T + pca.b, rtol=1e-4, atol=1e-5)
     whitened = pca.apply(x).astype(np.float64)
     np.testing.assert_allclose(whitened.T @ whitened, np.eye(5), atol=1e-4)  # scatter -> I
@@ -435,4 +435,20 @@ def test_same_centroids_as_faiss_from_the_same_start():
     np.testing.assert_allclose(ours_pca.eigenvalues, faiss.vector_to_array(pca.eigenvalues),
                                rtol=1e-3)
     np.testing.assert_allclose(np.abs(ours_pca.apply(x)), np.abs(pca.apply(x)), rtol=1e-3,
-                               atol=1e-5)
+                               atol=1e-4)  # faiss: fp32 scatter
+
+
+@pytest.mark.parametrize("options", [{"niter": 100}, {"niter": 5, "nredo": 3, "seed": 7},
+                                     {"niter": 10, "max_points_per_centroid": 50}])
+def test_same_starts_stops_and_statistics_as_faiss(options):
+    # faiss's seeds give faiss's random starts and subsamples (both draw with a Mersenne
+    # twister): the same labels, the same early stop, the same nredo statistics
+    faiss = pytest.importorskip("faiss")
+    x = uniform(3000, 16, seed=18)
+    theirs = faiss.Kmeans(16, 30, **options)
+    theirs.train(x)
+    ours = dc_kernels.Kmeans(16, 30, backend="torch", **options)
+    ours.train(x)
+    assert len(ours.obj) == len(theirs.obj)
+    np.testing.assert_allclose(ours.obj, theirs.obj, rtol=1e-5)
+    assert (ours.index.search(x, 1)[1] == theirs.index.search(x, 1)[1]).mean() > 0.999
