@@ -223,7 +223,7 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
         def step(c: torch.Tensor, it: Iteration, stats: _Stats) -> None:
             """One iteration: assign and accumulate every piece of rows -> (reduce across
             ranks) -> finalize -> statistics -> split -> post-process."""
-            for t in (sums, counts, obj, weight_sums):
+            for t in (sums, counts, obj) if weights is None else (sums, counts, obj, weight_sums):
                 t.zero_()
             for problems, span, data in rows:
                 with search.search():
@@ -238,15 +238,16 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
                                    weights[problems, span].to(device, non_blocking=True),
                                    sums[problems], counts[problems], weight_sums[problems])
             if process_group is not None:
-                _distributed.all_reduce_(process_group, sums, counts, obj, weight_sums)
+                _distributed.all_reduce_(process_group, sums, counts, obj,
+                                         *(() if weights is None else (weight_sums,)))
             if weights is None:
                 backend.finalize(sums, counts, c)
             else:
-                means = sums / weight_sums.clamp_min(1e-300).unsqueeze(-1).to(torch.float32)
+                means = (sums.double() / weight_sums.unsqueeze(-1)).float()
                 c.copy_(torch.where((weight_sums > 0).unsqueeze(-1), means, c))
-            c[:, :frozen] = fixed
             imbalance = imbalance_factor(counts, n)
             if frozen:
+                c[:, :frozen] = fixed
                 free, free_counts = c[:, frozen:].contiguous(), counts[:, frozen:].contiguous()
                 nsplit = backend.split(free, free_counts, seed, it)
                 c[:, frozen:], counts[:, frozen:] = free, free_counts

@@ -63,19 +63,22 @@ class _Problem:
 
 def _check_weights(weights: Any, x: torch.Tensor) -> torch.Tensor:
     """weights (N,) or (B, N) for x (B, N, d): finite, non-negative, not all zero -> (B, N)
-    float32 on x's device."""
+    float32 on x's device, scaled by a power of two to a largest weight in [1, 2) (weighted
+    means do not change; tiny or huge weights neither vanish nor overflow in fp32)."""
     w, _ = _arrays.to_tensor(weights, "weights")
     want = (x.shape[1],) if w.dim() == 1 else tuple(x.shape[:2])
     if w.dim() not in (1, 2) or tuple(w.shape) != want:
         raise ValueError(f"weights must have shape (N,) = ({x.shape[1]},) or (B, N) = "
                          f"{tuple(x.shape[:2])}, got {tuple(w.shape)}")
-    w = w.to(device=x.device, dtype=torch.float32).expand(x.shape[0], -1)
-    _arrays.check_finite(w, "weights")
+    w = w if w.is_floating_point() else w.double()
+    _arrays.check_finite(w.unsqueeze(-1), "weights")
     if bool((w < 0).any()):
         raise ValueError("weights must be non-negative")
-    if bool((w.sum(-1) == 0).any()):
+    peak = float(w.amax())
+    if peak == 0 or bool((w.sum(-1) == 0).any()):
         raise ValueError("weights sum to 0: there is no weighted mean to compute")
-    return w.contiguous()
+    w = _arrays.scaled_float32(w.unsqueeze(-1), math.frexp(peak)[1] - 1)[..., 0]
+    return w.to(x.device).expand(x.shape[0], -1).contiguous()
 
 
 def _prepare(x: Any, k: int, d: int | None, init_centroids: Any, backend_name: str,

@@ -131,6 +131,10 @@ def test_weighted_lloyd_matches_float64_and_integer_weights_repeat_rows(any_back
     repeated = dc_kernels.Kmeans(6, 3, niter=3, backend=any_backend, **NO_STOP)
     repeated.train(np.repeat(x, w.astype(int), axis=0), init_centroids=init)
     np.testing.assert_allclose(km.centroids, repeated.centroids, rtol=1e-5, atol=1e-6)
+    for scale in (1e-300, 1e-40, 1e30, 1e300):  # float64 weights far outside fp32's range
+        scaled = dc_kernels.Kmeans(6, 3, niter=3, backend=any_backend, **NO_STOP)
+        scaled.train(x, weights=w.astype(np.float64) * scale, init_centroids=init)
+        np.testing.assert_allclose(scaled.centroids, km.centroids, rtol=1e-5, atol=1e-6)
 
 
 def test_given_centroids_start_better(any_backend):
