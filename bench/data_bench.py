@@ -156,7 +156,8 @@ def model_pass_rate(dataset: torch.utils.data.Dataset, item: Callable[[int], obj
     SGD step) fed by the pipeline; ``ours`` batches are uint8, normalised on the device."""
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=True,
-                        sampler=_Items([item(i) for i in range(count)]), prefetch_factor=4)
+                        sampler=_Items([item(i) for i in range(count)]),
+                        prefetch_factor=4 if workers else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train(train)
     torch.cuda.synchronize(device)
