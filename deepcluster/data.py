@@ -509,10 +509,21 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x.float() - mean_t) * scale_t
 
 
+# The original code's feature crop: Resize(256) then CenterCrop(224), a 224/256 margin.
+EVAL_CROP_FRACTION = 224 / 256
+
+
+def eval_resize(image_size: int) -> int:
+    """Short side the image is resized to before the centre crop of ``image_size``: the
+    original's 256 for 224, the same margin at other sizes (37 for 32)."""
+    return round(image_size / EVAL_CROP_FRACTION)
+
+
 def eval_transform(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Deterministic pipeline for features: resize the short side, centre crop (uint8)."""
+    """Deterministic pipeline for features: resize the short side to ``eval_resize``, centre
+    crop ``image_size`` (uint8)."""
     def transform(x: torch.Tensor) -> torch.Tensor:
-        x = TF.resize(x, [image_size], antialias=True)
+        x = TF.resize(x, [eval_resize(image_size)], antialias=True)
         return TF.center_crop(x, [image_size, image_size])
     return transform
 

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from deepcluster import data
 from deepcluster.checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
@@ -195,6 +196,16 @@ def test_npz_reader(tmp_path):
         data.load_images(str(tmp_path / "badlabels.npz"))
 
 
+def test_eval_transform_keeps_the_originals_margin():
+    # Resize(256) + CenterCrop(224) at 224 px, the same 224/256 margin at other sizes.
+    assert data.eval_resize(224) == 256 and data.eval_resize(32) == 37
+    x = torch.zeros(3, 300, 400, dtype=torch.uint8)
+    x[:, 150, 200] = 255  # the centre pixel stays, the border does not
+    x[:, 0, :] = 255
+    out = data.eval_transform(224)(x)
+    assert out.shape == (3, 224, 224) and out[:, 0].max() == 0 and out.max() > 0
+
+
 def test_train_transform_is_a_function_of_its_seed():
     x = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
     t = data.TrainTransform(16, min_scale=0.2)
@@ -206,7 +217,7 @@ def test_train_transform_is_a_function_of_its_seed():
     # possibly mirrored.
     square = torch.randint(0, 256, (1, 16, 16), dtype=torch.uint8)
     whole = data.TrainTransform(16, min_scale=1.0)
-    ref = data.eval_transform(16)(square)
+    ref = TF.resize(square, [16], antialias=True)
     for seed in range(10):
         got = whole(square, seed)
         if got.shape == ref.shape and (torch.equal(got, ref) or torch.equal(got, ref.flip(-1))):
