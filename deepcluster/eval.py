@@ -1,7 +1,7 @@
 """deepcluster-eval: measure what a DeepCluster run learned, and show it.
 
     deepcluster-eval --checkpoint RUN/checkpoint.pt [--data SPEC] [--task ...] \
-        [--baseline random] [--out DIR]
+        [--baseline random|none] [--out DIR]
 
 Tasks (all on frozen features, computed with torch and dc_kernels on the chosen device):
 - cluster: the run's clustering step (PCA to its --pca-dim with its eigenvalue power, L2,
@@ -17,9 +17,10 @@ Tasks (all on frozen features, computed with torch and dc_kernels on the chosen 
 - pictures: NMI curves from the run's metrics.jsonl, the last clustering's size histogram,
   conv1 filters, the 9 most typical images of a few clusters (Fig. 4) and the 9 most
   activating images of a few last-conv-layer filters (Fig. 5).
-``--baseline random`` runs the same tasks on the same architecture at random initialisation;
-every number is tabulated against it (results.md, results.json). Written files are listed at
-the end of the output.
+By default (``--baseline random``) the same tasks also run on the same architecture at random
+initialisation, and every number is tabulated beside it with the difference learned - random
+(results.md, results.json): a run whose features collapsed shows it on the row where it loses.
+``--baseline none`` skips it. Written files are listed at the end of the output.
 
 From Python: ``evaluate(checkpoint, ...)`` returns an ``EvalReport``.
 """
@@ -52,6 +53,7 @@ from .rundir import OutputError
 
 TASKS = ("cluster", "linear", "knn", "retrieval", "extract", "pictures")
 DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
+BASELINES = ("random", "none")
 KNN_KS = (20, 200)
 CLUSTER_METRICS = {"nmi": "NMI", "ari": "ARI", "acc": "ACC", "purity": "purity"}
 PICTURE_ROWS = 6  # clusters / filters shown in the top-image pictures
@@ -83,17 +85,30 @@ class EvalReport:
     def add(self, task: str, metric: str, model: str, value: float | None) -> None:
         self.rows.setdefault((task, metric), {})[model] = value
 
+    def _with_difference(self, values: dict[str, float | None]) -> dict[str, float | None]:
+        """The row's values, plus "difference" = learned - random when there is a baseline."""
+        if "random" not in self.models:
+            return values
+        learned, baseline = values.get("learned"), values.get("random")
+        return {**values, "difference": (None if learned is None or baseline is None
+                                         else learned - baseline)}
+
     def markdown(self) -> str:
-        head = "| task | metric | " + " | ".join(self.models) + " |"
-        rule = "|---|---|" + "---:|" * len(self.models)
-        lines = [head, rule]
+        random_too = "random" in self.models
+        columns = self.models + (["learned - random"] if random_too else [])
+        lines = ["| task | metric | " + " | ".join(columns) + " |",
+                 "|---|---|" + "---:|" * len(columns)]
         for (task, metric), values in self.rows.items():
-            cells = ["-" if values.get(m) is None else f"{values[m]:.3f}" for m in self.models]
+            row = self._with_difference(values)
+            cells = ["-" if row.get(m) is None else f"{row[m]:.3f}" for m in self.models]
+            if random_too:
+                diff = row["difference"]
+                cells.append("-" if diff is None else f"{diff:+.3f}")
             lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"task": task, "metric": metric, **values}
+        return [{"task": task, "metric": metric, **self._with_difference(values)}
                 for (task, metric), values in self.rows.items()]
 
 
@@ -335,11 +350,12 @@ def _conv1_picture(model: DeepClusterNet, path: Path) -> Path:
 
 def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str | None = None,
              tasks: Sequence[str] = DEFAULT_TASKS, out: str | Path | None = None,
-             baseline: str | None = None, layer: str = EMBED, device: str = "auto",
+             baseline: str = "random", layer: str = EMBED, device: str = "auto",
              batch_size: int = 256, workers: int = 0, max_train: int = 0, max_test: int = 0,
              pool_dim: int = 2048, probe_epochs: int = 10, seed: int = 0,
              kmeans_backend: str = "auto") -> EvalReport:
-    """Run ``tasks`` on the checkpoint's model (and on a random one with ``baseline='random'``).
+    """Run ``tasks`` on the checkpoint's model and, with ``baseline='random'`` (the default; 'none'
+    skips it), on the same architecture at random initialisation.
 
     ``data`` defaults to the run's data; ``out`` to ``<checkpoint dir>/eval``. Writes
     results.md, results.json and the task outputs to ``out``; returns the report.
@@ -347,8 +363,8 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise EvalError(f"unknown task(s) {unknown}; choose from {TASKS}")
-    if baseline not in (None, "random"):
-        raise EvalError(f"--baseline must be 'random', got {baseline!r}")
+    if baseline not in BASELINES:
+        raise EvalError(f"--baseline must be one of {BASELINES}, got {baseline!r}")
     for name, value, low in (("batch-size", batch_size, 1), ("workers", workers, 0),
                              ("max-train", max_train, 0), ("max-test", max_test, 0),
                              ("pool-dim", pool_dim, 0), ("probe-epochs", probe_epochs, 1),
@@ -425,8 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", nargs="+", choices=TASKS, default=list(DEFAULT_TASKS),
                         help="tasks to run (default: all but extract)")
     parser.add_argument("--out", help="output directory (default: CHECKPOINT_DIR/eval)")
-    parser.add_argument("--baseline", choices=["random"],
-                        help="also evaluate the architecture at random initialisation")
+    parser.add_argument("--baseline", choices=BASELINES, default="random",
+                        help="random (default): also evaluate the architecture at random "
+                             "initialisation and show learned - random; none: skip it")
     parser.add_argument("--layer", default=EMBED, help="layer for extract: embed (default, "
                         "the clustered features) or conv1 .. convN (pooled to --pool-dim)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -198,9 +198,12 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     for row in ("k=10 NMI", "k=8 purity", "conv1", "conv5", "k=20 top-1 %", "k=200 top-1 %",
                 "mAP %"):
         assert row in table and row in printed
-    assert "| task | metric | learned | random |" in table
+    assert "| task | metric | learned | random | learned - random |" in table
     rows = {(r["task"], r["metric"]): r for r in
             json.loads((out / "results.json").read_text())}
+    # Beside every number, the random baseline and the difference.
+    assert all(r["difference"] == pytest.approx(r["learned"] - r["random"])
+               for r in rows.values())
     # ARI may dip below 0 (worse than chance); every other number is a fraction or a percent.
     assert all(-1.0 <= r[m] <= 100.0 for r in rows.values() for m in ("learned", "random"))
     assert all(0.0 <= r[m] <= 1.0 for (task, metric), r in rows.items()
@@ -249,8 +252,13 @@ def test_bad_requests(tiny_run, tmp_path, capsys) -> None:
     run = tiny_run
     with pytest.raises(dc_eval.EvalError, match="layer"):
         dc_eval.evaluate(run / "checkpoint.pt", tasks=["extract"], layer="fc9", out=tmp_path)
+    with pytest.raises(dc_eval.EvalError, match="baseline"):
+        dc_eval.evaluate(run / "checkpoint.pt", tasks=["knn"], baseline="imagenet", out=tmp_path)
     assert dc_eval.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    alone = dc_eval.evaluate(run / "checkpoint.pt", tasks=["knn"], baseline="none",
+                             out=tmp_path / "alone", max_train=100, max_test=50)
+    assert alone.models == ["learned"] and "difference" not in alone.to_json()[0]
 
 
 @pytest.mark.gpu
