@@ -59,6 +59,7 @@ from .data import (
     normalize,
 )
 from .distributed import print0
+from .eval_tasks import knn_accuracy
 from .memory import check_fits
 from .models import DeepClusterNet, build_model
 from .progress import Progress
@@ -66,7 +67,10 @@ from .rundir import OutputError
 from .sampler import UniformLabelSampler
 
 # Purposes of the seeds derived from (run seed, epoch, purpose).
-SEED_KMEANS, SEED_SAMPLER, SEED_TOP_LAYER, SEED_LOADER, SEED_SUBSET, SEED_RANK = range(6)
+SEED_KMEANS, SEED_SAMPLER, SEED_TOP_LAYER, SEED_LOADER, SEED_SUBSET, SEED_RANK, SEED_KNN = range(7)
+# The per-epoch kNN monitor: this many images (at most a fifth of them) are classified by their
+# 20 nearest neighbours among at most KNN_BANK others, with the images' labels.
+KNN_QUERIES, KNN_BANK = 1000, 10000
 
 
 class TrainingError(RuntimeError):
@@ -271,6 +275,26 @@ def _new_unreadable(found: list[int], known: set[str], images: ImageSet, epoch: 
     return len(every)
 
 
+def knn_monitor(features: torch.Tensor, labels: np.ndarray | None, seed: int) -> float | None:
+    """kNN-20 top-1 (%, cosine) of a fixed slice of the images against others, from this epoch's
+    features: a cheap per-epoch signal that the features keep (or lose, when they collapse onto
+    the pseudo-classes) the structure the labels have; None without labels. The labels are only
+    read here, never trained on; the same ``seed`` keeps the same slice every epoch."""
+    if labels is None or len(labels) < 10:
+        return None
+    order = np.random.default_rng(seed).permutation(len(labels))
+    queries = order[:min(KNN_QUERIES, len(labels) // 5)]
+    bank = order[len(queries):len(queries) + KNN_BANK]
+    device = features.device if features.device.type == "cuda" else torch.device("cpu")
+    rows = features[torch.from_numpy(np.concatenate([queries, bank])).to(features.device)]
+    rows = rows.to(device, torch.float32)
+    y = torch.from_numpy(np.asarray(labels)[np.concatenate([queries, bank])]).long().to(device)
+    if int((y[:len(queries)] >= 0).sum()) == 0 or int((y[len(queries):] >= 0).sum()) == 0:
+        return None
+    return knn_accuracy(rows[len(queries):], y[len(queries):], rows[:len(queries)],
+                        y[:len(queries)], ks=(20,))[20]
+
+
 def _label_scores(true: np.ndarray | None, pred: torch.Tensor) -> tuple[float | None, float | None]:
     if true is None:
         return None, None
@@ -292,7 +316,8 @@ def _summary(r: dict[str, Any], n: int) -> str:
             f"empty {r.get('empty_clusters', '-')} splits {r.get('nsplit', '-')} | sizes "
             f"{r.get('size_min', '-')}/{_fmt(r.get('size_median'), 'g')}/{r.get('size_max', '-')}"
             f" | NMI(t-1,t) {_fmt(r.get('nmi_prev'))} | NMI labels {_fmt(r.get('nmi_labels'))} "
-            f"acc {_fmt(r.get('acc_labels'))} | train {r['time_train']:.1f}s "
+            f"acc {_fmt(r.get('acc_labels'))} kNN {_fmt(r.get('knn_labels'), '.1f')} | train "
+            f"{r['time_train']:.1f}s "
             f"({n / r['time_train']:.0f} img/s)"
             + (f" | unreadable {r['unreadable_images']}" if r.get("unreadable_images") else "")
             + (f" | GPU peak {r['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in r else ""))
@@ -426,6 +451,10 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
                 niter=config.kmeans_iters, nredo=config.kmeans_redo,
                 seed=derived_seed(config.seed, epoch, SEED_KMEANS),
                 backend=backend, process_group=distributed.group())
+            local_labels = (None if images.labels is None
+                            else images.labels[shard.start:shard.stop])
+            record["knn_labels"] = knn_monitor(features, local_labels,
+                                               derived_seed(config.seed, 0, SEED_KNN))
             del features
             nmi_prev = None if assignments is None else metrics.nmi(assignments.cpu(),
                                                                     clustering.labels.cpu())

@@ -19,7 +19,7 @@ TINY = ["--image-size", "16", "--width", "0.125", "--k", "3", "--pca-dim", "8",
         "--kmeans-iters", "5", "--batch-size", "8", "--workers", "0"]
 KEYS = {"epoch", "loss", "time_features", "time_pca", "time_kmeans", "time_train",
         "kmeans_obj", "empty_clusters", "nsplit", "size_min", "size_median", "size_max",
-        "nmi_prev", "nmi_labels", "acc_labels", "kmeans_seed", "kmeans_backend"}
+        "nmi_prev", "nmi_labels", "acc_labels", "knn_labels", "kmeans_seed", "kmeans_backend"}
 
 
 def _image_folder(root):
@@ -54,6 +54,7 @@ def test_two_epochs_on_an_image_folder(tmp_path, capsys):
     assert [r["epoch"] for r in records] == [0, 1]
     assert all(KEYS <= set(r) for r in records)
     assert records[0]["nmi_prev"] is None and 0 <= records[1]["nmi_prev"] <= 1
+    assert all(0 <= r["knn_labels"] <= 100 for r in records)  # the folders are labels
     assert all(r["size_min"] <= r["size_median"] <= r["size_max"] for r in records)
     assert records[0]["kmeans_seed"] != records[1]["kmeans_seed"]
     checkpoint = load_checkpoint(out / "checkpoint.pt")

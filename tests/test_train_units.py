@@ -296,3 +296,31 @@ def test_clustering_step_matches_an_independent_pca():
         assert got.sizes.tolist() == np.bincount(ref.labels.numpy(), minlength=3).tolist()
         assert got.empty_clusters == 0 and got.seed == 7
     assert derived_seed(1, 2, 0) == derived_seed(1, 2, 0) != derived_seed(1, 3, 0)
+
+
+def test_knn_monitor_against_a_float64_brute_force():
+    from deepcluster.train import KNN_QUERIES, knn_monitor
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 600)
+    labels[::17] = -1  # unknown labels are left out
+    centres = rng.normal(size=(4, 16))
+    features = torch.from_numpy(centres[labels.clip(0)] + 1.5 * rng.normal(size=(600, 16)))
+    got = knn_monitor(features.float(), labels, seed=7)
+    # The slice: the first min(KNN_QUERIES, n / 5) of the seeded permutation query the rest.
+    order = np.random.default_rng(7).permutation(600)
+    queries, bank = order[:min(KNN_QUERIES, 120)], order[120:]
+    queries, bank = queries[labels[queries] >= 0], bank[labels[bank] >= 0]
+    unit = features.numpy() / np.linalg.norm(features.numpy(), axis=1, keepdims=True)
+    sims = unit[queries] @ unit[bank].T
+    correct = 0
+    for row, q in zip(sims, queries, strict=True):
+        top = np.argsort(-row)[:20]
+        votes = np.zeros(4)
+        np.add.at(votes, labels[bank][top], np.exp(row[top] / 0.07))
+        correct += votes.argmax() == labels[q]
+    assert got == pytest.approx(100.0 * correct / len(queries))
+    assert 40 < got < 100  # the data leave the monitor something to measure
+    assert knn_monitor(features.float(), labels, seed=7) == got  # the same slice every epoch
+    assert knn_monitor(features.float(), None, seed=7) is None
+    assert knn_monitor(features.float(), np.full(600, -1), seed=7) is None
