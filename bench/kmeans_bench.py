@@ -9,10 +9,10 @@ flash-kmeans and fastkmeans. A peer that is not installed reads ``nan``.
 One call = ``--iters`` Lloyd iterations from the shared init, as the provider's user calls it
 (dc_kernels: ``Kmeans.train`` on every point, without early stop); ms/iter = the call's time
 over the iterations it ran (the whole run, so a pruned loop's cheaper later iterations count
-as they are). scikit-learn's fit
-labels the data once more after its last iteration: that assignment is counted as one more
-iteration (it costs a little less than one). flash-kmeans and scikit-learn may stop early:
-they are timed over the iterations they ran. fastkmeans draws its own init.
+as they are). scikit-learn's fit labels the data once more after its last iteration: that
+assignment is counted as one more iteration (it costs a little less than one). flash-kmeans
+and scikit-learn may stop early: they are timed over the iterations they ran. fastkmeans draws
+its own init.
 
 Columns after the harness's: inertia (float64 sum of squared distances to the nearest final
 centroid, one shared evaluation), rel_inert (against float64 Lloyd from the same init with the
