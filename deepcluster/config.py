@@ -16,9 +16,10 @@ from typing import Any
 import torch
 import yaml
 
+from dc_kernels.backends import NAMES as BACKENDS
+
 from .models import ARCHS
 
-BACKENDS = ("auto", "triton", "cuda", "cpu", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURES_ON = ("auto", "device", "host")
 NO_OUT = "none"  # --out none: write nothing

@@ -39,7 +39,7 @@ import torch
 from . import data as dc_data
 from . import eval_tasks, plots, rundir
 from .checkpoint import MODEL_KEYS, CheckpointError, load_checkpoint, model_from_checkpoint
-from .config import SEED_LIMIT, ConfigError, resolve_device
+from .config import BACKENDS, SEED_LIMIT, ConfigError, resolve_device
 from .data import DataError, ImageSet, load_images
 from .eval_features import (
     EMBED,
@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs of each linear probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kmeans-backend", default="auto",
-                        choices=["auto", "triton", "cuda", "cpu", "torch"])
+                        choices=BACKENDS)
     return parser
 
 
