@@ -130,9 +130,11 @@ compare() {  # compare BACKEND PRECISION: the first step where it parts from the
 }
 
 # Most important first: the GPU-only correctness tests, the timings, then the rest.
-run_tests tests triton "GPU-only tests of the triton backend" 120 -m gpu tests/test_triton.py
+# The contract suite holds the GPU cases of every GPU backend (triton, cuda, torch; about 330).
+run_tests tests contract "GPU contract tests of every GPU backend" 180 -m gpu \
+  tests/test_backend_contract.py
 run_tests tests gpu_other "every other GPU-marked test" 60 -m gpu tests \
-  --ignore=tests/test_triton.py
+  --ignore=tests/test_backend_contract.py
 compare cuda fp32
 compare cuda fp16
 compare triton fp32
