@@ -211,7 +211,11 @@ def test_spherical_reports_inner_products(any_backend):
     np.testing.assert_allclose(np.linalg.norm(one.centroids, axis=1), 1.0, rtol=1e-6)
     D, I = one.assign(x)
     np.testing.assert_allclose(D, (x * one.centroids[I]).sum(1), rtol=1e-5)
-    np.testing.assert_array_equal(I, (x @ one.centroids.T).argmax(1))
+    ips = x.astype(np.float64) @ one.centroids.T.astype(np.float64)
+    top2 = np.sort(ips, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > 1e-5  # beyond fp32 rounding of the scores
+    assert decided.mean() > 0.9
+    np.testing.assert_array_equal(I[decided], ips.argmax(1)[decided])
     assert (D <= 1.0 + 1e-6).all() and one.index.metric == "IP"
     many = dc_kernels.Kmeans(16, 20, niter=niter, nredo=nredo, spherical=True,
                              backend=any_backend, **NO_STOP)
@@ -279,7 +283,11 @@ def test_index_search_and_reset(any_backend):
     assert km.index.ntotal == 10 and km.index.d == 8
     D, I = km.index.search(x, 4)
     dist = ((x.astype(np.float64)[:, None] - km.centroids[None].astype(np.float64)) ** 2).sum(-1)
-    np.testing.assert_array_equal(I, np.argsort(dist, axis=1, kind="stable")[:, :4])
+    ranked = np.sort(dist, axis=1)
+    # Rows whose five nearest distances are apart beyond fp32 rounding rank the same anywhere.
+    decided = (np.diff(ranked[:, :5], axis=1) > 1e-5 * ranked[:, 4:5]).all(1)
+    assert decided.mean() > 0.9
+    np.testing.assert_array_equal(I[decided], np.argsort(dist, axis=1)[decided, :4])
     np.testing.assert_allclose(D, np.sort(dist, axis=1)[:, :4], rtol=1e-5)
     D1, I1 = km.assign(x)
     np.testing.assert_array_equal(I1, I[:, 0])
