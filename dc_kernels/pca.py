@@ -74,6 +74,20 @@ def _rounding_noise(mean: torch.Tensor, largest: float, d_in: int) -> float:
     return math.ldexp(d_in * (float(mean.square().max()) + max(largest, 0.0)), -50)
 
 
+def _project(model: Any, x: Any, mean: torch.Tensor, proj: torch.Tensor,
+             normalize: bool) -> Any:
+    """(x - mean) @ proj (then L2 when ``normalize``) with ``model``'s backend, for a trained
+    PCAWhitening or PCAMatrix; in x's array kind."""
+    if not model.is_trained:
+        raise ValueError(f"{type(model).__name__}.apply called before train")
+    xt, kind = _arrays.to_tensor(x)
+    _arrays.check_points(xt, "x", d=model.d_in, batched_ok=False)
+    impl = get_backend(model.backend, xt.device)
+    out = _rows.pca_apply(impl, xt.contiguous(), mean.float().to(xt.device),
+                          proj.to(xt.device), normalize)
+    return kind.wrap(out)
+
+
 class PCAWhitening:
     """``faiss.PCAMatrix(d_in, d_out, eigen_power)`` followed by L2 normalisation, with
     DeepCluster's defaults (eigen_power -0.5, normalize True) and an eigenvalue floor.
@@ -125,13 +139,7 @@ class PCAWhitening:
         return self
 
     def apply(self, x: Any) -> Any:
-        if not self.is_trained:
-            raise ValueError("PCAWhitening.apply called before train")
-        xt, kind = _arrays.to_tensor(x)
-        _arrays.check_points(xt, "x", d=self.d_in, batched_ok=False)
-        impl = get_backend(self.backend, xt.device)
-        out = _rows.pca_apply(impl, xt.contiguous(), self.mean.float(), self._proj, self.normalize)
-        return kind.wrap(out)
+        return _project(self, x, self.mean, self._proj, self.normalize)
 
     apply_py = apply  # faiss.PCAMatrix spelling, so ported code keeps working
 
@@ -206,14 +214,7 @@ class PCAMatrix:
 
     def apply(self, x: Any) -> Any:
         """x (N, d_in) -> x A^T + b (N, d_out) float32, in x's array kind."""
-        if not self.is_trained:
-            raise ValueError("PCAMatrix.apply called before train")
-        xt, kind = _arrays.to_tensor(x)
-        _arrays.check_points(xt, "x", d=self.d_in, batched_ok=False)
-        impl = get_backend(self.backend, xt.device)
-        out = _rows.pca_apply(impl, xt.contiguous(), self._mean_t.to(xt.device),
-                              self._proj_t.to(xt.device), False)
-        return kind.wrap(out)
+        return _project(self, x, self._mean_t, self._proj_t, False)
 
     apply_py = apply
 
