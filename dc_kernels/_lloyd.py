@@ -8,7 +8,8 @@ sums and counts over a process group, and how an iteration runs:
   turn, streamed from host memory to the GPU for a backend that ``streams_host_data``;
 - captured: a ``capturable`` backend runs small (launch-bound) problems on a GPU as a CUDA
   graph of one iteration replayed every iteration, the iteration number living on the device;
-- pruned: the backend's ``pruner`` replaces ``assign`` (the same results, rows skipped).
+- pruned: the backend's ``pruner`` replaces ``assign`` (the same results, rows skipped; the
+  fraction of rows it re-assigned is the history's ``reassigned``, per problem); never captured.
 On device backends nothing inside the loop reads a value back to the host unless ``verbose``.
 """
 
@@ -92,12 +93,15 @@ class _SearchClock:
 
 
 class _Stats:
-    """Objective, imbalance factor and splits per iteration and problem, on the device."""
+    """Objective, imbalance factor and splits per iteration and problem, on the device; with
+    ``pruned``, also the fraction of rows the pruned assignment re-assigned."""
 
-    def __init__(self, niter: int, batch: int, device: torch.device):
+    def __init__(self, niter: int, batch: int, device: torch.device, pruned: bool = False):
         self.obj = torch.zeros(niter, batch, dtype=torch.float64, device=device)
         self.imbalance = torch.zeros(niter, batch, dtype=torch.float64, device=device)
         self.nsplit = torch.zeros(niter, batch, dtype=torch.int64, device=device)
+        self.reassigned = (torch.zeros(niter, batch, dtype=torch.float64, device=device)
+                           if pruned else None)
 
     def record(self, it: Iteration, obj: torch.Tensor, imbalance: torch.Tensor,
                nsplit: torch.Tensor) -> None:
@@ -118,8 +122,10 @@ class _Stats:
 
     def history(self, times: list[float], search_times: list[float]) -> list[dict]:
         obj, imbalance, nsplit = (t.cpu().numpy() for t in (self.obj, self.imbalance, self.nsplit))
+        reassigned = None if self.reassigned is None else self.reassigned.cpu().numpy()
         return [{"obj": obj[i], "time": times[i + 1], "time_search": search_times[i],
-                 "imbalance_factor": imbalance[i], "nsplit": nsplit[i]}
+                 "imbalance_factor": imbalance[i], "nsplit": nsplit[i],
+                 **({} if reassigned is None else {"reassigned": reassigned[i]})}
                 for i in range(len(times) - 1)]
 
 
@@ -213,7 +219,10 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
         work = centroids.to(device)  # centroids itself unless x streams from host memory
         _post_process(work, spherical, round_to)
         fixed = work[:, :frozen].clone()
-        assign = (None if rows.chunked else backend.pruner(x, k)) or backend.assign
+        # A pruner keeps bounds between calls and exposes ``reassigned`` (B,) int64, the rows
+        # its latest call re-assigned.
+        pruner = None if rows.chunked else backend.pruner(x, k)
+        assign = pruner or backend.assign
         sums = torch.zeros(batch, k, d, dtype=torch.float32, device=device)
         counts = torch.zeros(batch, k, dtype=torch.int64, device=device)
         weight_sums = torch.zeros(batch, k, dtype=torch.float64, device=device)
@@ -254,12 +263,14 @@ def lloyd(x: torch.Tensor, centroids: torch.Tensor, niter: int, backend: TorchBa
             else:
                 nsplit = backend.split(c, counts, seed, it)
             stats.record(it, obj, imbalance, nsplit)
+            if pruner is not None:
+                stats.reassigned[it] = pruner.reassigned.to(device).double() / x.shape[1]
             _post_process(c, spherical, round_to)
 
-        stats = _Stats(niter, batch, device)
+        stats = _Stats(niter, batch, device, pruned=pruner is not None)
         faiss_options = weights is not None or inner_product or frozen or round_to is not None
         graph = (backend.capturable and device.type == "cuda" and not rows.streamed and niter > 0
-                 and not verbose and process_group is None and not faiss_options
+                 and pruner is None and not verbose and process_group is None and not faiss_options
                  and batch * n * k * d <= GRAPH_MAX_WORK)
         search.enabled = not graph
         run = (_captured(step, work, stats) if graph

@@ -166,15 +166,22 @@ def _hopper_cases():
     from dc_kernels.ops import update as update_ops
 
     x_ptrs = {"x_ptr": "*fp32", "c_ptr": "*fp32", "csq_ptr": "*fp32", "dist_ptr": "*fp32",
-              "label_ptr": "*i64"}
+              "label_ptr": "*i64", "list_ptr": "*i64", "count_ptr": "*i64",
+              "second_ptr": "*fp32"}
     for precision, code in (("fp32", 0), ("tf32", 1), ("bf16", 2), ("fp16", 3)):
         op = {"bf16": "*bf16", "fp16": "*fp16"}.get(precision, "*fp32")
         # The point tile on chip (largest d it is used for) and d streamed in slices.
         for d in ((128, 256) if code < 2 else (256, 1000)):
             cfg = assign_ops.assign_configs(d, precision, False)[0]
-            yield (f"assign-{precision}-d{d}", assign_ops._assign_kernel,
-                   {**x_ptrs, "xop_ptr": op, "cop_ptr": op},
-                   {**cfg, "PRECISION": code, "EMULATE": False}, None)
+            for mode in ("SWEEP", "GATHER", "LABELLED"):
+                config = cfg
+                if mode == "LABELLED" and code >= 2:  # as _launch runs it: d in slices
+                    config = [c for c in assign_ops.assign_configs(d, precision, False)
+                              if not c["SINGLE_D"]][0]
+                yield (f"assign-{precision}-d{d}-{mode}", assign_ops._assign_kernel,
+                       {**x_ptrs, "xop_ptr": op, "cop_ptr": op},
+                       {**config, "PRECISION": code, "EMULATE": False,
+                        "MODE": getattr(assign_ops, mode)}, None)
     sums = {"x_ptr": "*fp32", "label_ptr": "*i64", "sums_ptr": "*fp32", "counts_ptr": "*i64"}
     yield ("sums-onehot", update_ops._sums_onehot_kernel, sums,
            update_ops.onehot_config(100, 128), None)

@@ -70,6 +70,7 @@ class _PrunedAssign:
             k=centroids.shape[1], d=d, first=first, nthreads=torch.get_num_threads())
         self.previous.copy_(centroids)
         self.skipped.append(skipped)
+        self.reassigned = n - skipped  # the driver's per-iteration statistic
         return self.dist, self.labels
 
 

@@ -22,6 +22,105 @@ from ._checks import (
 )
 from .reference import TorchBackend
 
+# Relative slack for quantities computed in float64 from fp32 values (norms, drifts, bounds):
+# their rounding is below d 2^-53, far under this for any d up to 10^5.
+_ROUND = 1e-10
+
+
+class _PrunedAssign:
+    """``assign`` for the iterations of one Lloyd run on x, with Hamerly bounds kept on the
+    device between calls.
+
+    Per row: the label, and ``lower``, a lower bound on the Euclidean distance to every other
+    centroid (float64), set from the kernel's second-best score when the row is assigned. When
+    the centroids move, ``lower`` drops by the largest drift among the other centroids; the
+    upper bound is the row's distance to its own moved centroid, recomputed every call (O(d),
+    1/K of a sweep; its fp32 value is also the objective's term, bit for bit the unpruned
+    one). A row keeps its label provably when U + 2E < lower^2, with U an upper bound on the
+    exact squared distance and E the bound on the kernel's score error in this precision
+    (ops/assign.py: score_error_bound, distance_error_bound): then the kernel's own score is
+    below every other centroid's and the unpruned assign would give the same label. Only the
+    other rows are compacted into a list (on the device, with the count staying there too)
+    and swept, so no call reads a value back to the host.
+    """
+
+    def __init__(self, x: torch.Tensor):
+        self.x = float32(x).contiguous()
+        self.previous: torch.Tensor | None = None
+        self.precision = ""
+        self.reassigned = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+
+    def _start(self, precision: str) -> None:
+        from ..ops.assign import operand_copy
+
+        batch, n, _ = self.x.shape
+        device = self.x.device
+        self.precision = precision
+        self.x_op = operand_copy(self.x, precision)
+        xx = self.x.double().square().sum(-1)
+        self.x_norm = xx.sqrt() * (1 + _ROUND)
+        self.xx_low = xx * (1 - _ROUND)
+        self.dist = torch.empty(batch, n, dtype=torch.float32, device=device)
+        self.labels = torch.zeros(batch, n, dtype=torch.int64, device=device)
+        self.second = torch.empty(batch, n, dtype=torch.float32, device=device)
+        self.lower = torch.zeros(batch, n, dtype=torch.float64, device=device)
+        # Each problem's list of rows to sweep, flat, plus one spare slot at the end.
+        self.slots = torch.zeros(batch * n + 1, dtype=torch.int64, device=device)
+        self.row_index = torch.arange(n, device=device).repeat(batch)
+        self.list_start = torch.arange(batch, device=device).unsqueeze(1) * n
+
+    def _score_error(self, centroids: torch.Tensor) -> torch.Tensor:
+        """E per row (B, N): the bound on the error of the kernel's scores against these
+        centroids."""
+        from ..ops.assign import score_error_bound
+
+        rel, lin, tiny = score_error_bound(self.precision, self.x.shape[2])
+        c_max = centroids.double().norm(dim=-1).amax(-1, keepdim=True) * (1 + _ROUND)
+        m = self.x_norm + c_max
+        return (rel * m * m + lin * m + tiny) * (1 + _ROUND)
+
+    def __call__(self, x: torch.Tensor, centroids: torch.Tensor,
+                 precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``assign(x, centroids, precision)`` for the x this was made for."""
+        from ..ops.assign import assign_rows, distance_error_bound, labelled_distances
+
+        check_assign(self.x, centroids, precision, self.x.device.type, TritonBackend.precisions)
+        centroids = float32(centroids).contiguous()
+        batch, n, d = self.x.shape
+        first = self.previous is None or precision != self.precision
+        if first:
+            self._start(precision)
+        error = self._score_error(centroids)
+        if first:
+            need = torch.ones(batch, n, dtype=torch.bool, device=self.x.device)
+        else:
+            # Hamerly: the other centroids moved by at most the largest drift but the own one's.
+            drift = (centroids.double() - self.previous.double()).norm(dim=-1) * (1 + _ROUND)
+            top = drift.topk(min(2, drift.shape[1]), dim=1)
+            largest = top.values[:, :1].expand(batch, n)
+            runner_up = top.values[:, -1:].expand(batch, n) if drift.shape[1] > 1 else 0.0
+            other_drift = torch.where(self.labels == top.indices[:, :1], runner_up, largest)
+            self.lower = (self.lower - other_drift).clamp_min(0.0) * (1 - _ROUND)
+            self.dist = labelled_distances(self.x, self.x_op, centroids, self.labels,
+                                           precision)
+            rel, tiny = distance_error_bound(d)
+            upper = self.dist.double() * (1 + rel) + tiny
+            keeps = (upper + 2.0 * error) * (1 + _ROUND) < self.lower.square() * (1 - _ROUND)
+            need = ~keeps  # NaN anywhere: swept
+        # The rows to sweep, in order, first in each problem's list: slot = rank among them;
+        # the others all write the spare slot.
+        count = need.sum(1)
+        slot = torch.where(need, need.cumsum(1) - 1 + self.list_start, batch * n)
+        self.slots.scatter_(0, slot.view(-1), self.row_index)
+        assign_rows(self.x, self.x_op, centroids, precision, self.slots[:-1].view(batch, n),
+                    count, self.dist, self.labels, self.second)
+        fresh = ((self.second.double() + self.xx_low - error).clamp_min(0.0).sqrt()
+                 * (1 - _ROUND))
+        self.lower = torch.where(need, fresh, self.lower)
+        self.previous = centroids.clone()
+        self.reassigned = count
+        return self.dist, self.labels
+
 
 def _triton_missing() -> str:
     try:
@@ -38,6 +137,14 @@ class TritonBackend(TorchBackend):
     precisions: tuple[str, ...] = ENTRIES["triton"].precisions
     capturable = True
     streams_host_data = True
+    # Pruning pays where the sweep it saves outweighs its own passes: per iteration one read
+    # of x for the distances plus ~60 bytes of bounds per row, against 2 K d flops per row.
+    # At an H200's ~4.8 TB/s and ~400 Tflop/s that is about 170 (4 d + 60) / (2 K d) of a
+    # sweep, 2% at K = 10k, d = 256; below K = 256 it exceeds a third. The dozen launches
+    # (~0.1 ms) want a sweep of ~2^34 multiply-adds (~0.1 ms) at least. Estimates, not
+    # measurements: bench/kmeans_bench.py's triton-pruned row measures them.
+    prune_min_work = 1 << 34
+    prune_min_k = 256
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str:
@@ -74,6 +181,12 @@ class TritonBackend(TorchBackend):
 
         check_split(centroids, counts, iteration, centroids.device.type)
         return split(centroids, counts, seed, iteration)
+
+    def pruner(self, x: torch.Tensor, k: int) -> _PrunedAssign | None:
+        batch, n, d = x.shape
+        if k < self.prune_min_k or n * k * d < self.prune_min_work:
+            return None
+        return _PrunedAssign(x)
 
     # ------------------------------------------------------------------ PCA steps
     def covariance(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,179 @@
+"""The triton backend's pruned assignment (``TritonBackend.pruner``, run here in the Triton
+interpreter): the Lloyd driver with it against the same driver with the plain ``assign`` gives
+identical labels, centroids, objectives and splits in every precision, at shapes that straddle
+the interpreter's 64-wide tiles; the kernels it adds agree bit for bit with ``assign``; the
+error bound its margin rests on holds against float64; and it does skip rows (a counter)."""
+
+import numpy as np
+import pytest
+import torch
+
+import dc_kernels
+from dc_kernels import testing
+from dc_kernels.backends import get_backend, unavailable_reason
+from dc_kernels.backends.cpu import CpuBackend
+from dc_kernels.backends.triton import TritonBackend
+
+pytestmark = pytest.mark.skipif(
+    bool(unavailable_reason("triton", torch.device("cpu"))), reason="triton does not run here")
+
+
+def run(x: torch.Tensor, init: torch.Tensor, niter: int, pruned: bool, precision: str,
+        monkeypatch: pytest.MonkeyPatch, spherical: bool = False) -> dc_kernels.KmeansResult:
+    """One k-means run on the triton backend, with pruning forced on (any size) or off."""
+    with monkeypatch.context() as patch:
+        patch.setattr(TritonBackend, "prune_min_work", 0 if pruned else 1 << 62)
+        patch.setattr(TritonBackend, "prune_min_k", 2)
+        return dc_kernels.kmeans(x, init.shape[-2], niter=niter, init_centroids=init,
+                                 backend="triton", seed=11, precision=precision,
+                                 spherical=spherical)
+
+
+def assert_identical(pruned: dc_kernels.KmeansResult, plain: dc_kernels.KmeansResult,
+                     skips: bool = True, obj_rtol: float = 0.0) -> None:
+    """Labels, centroids, splits identical; objectives too (within obj_rtol: 16-bit modes on a
+    GPU may sum a kept row's distance in another order, see ops/assign.py: _launch)."""
+    assert torch.equal(pruned.labels, plain.labels)
+    assert torch.equal(pruned.centroids, plain.centroids)
+    for mine, theirs in zip(pruned.history, plain.history, strict=True):
+        for key in ("nsplit", "imbalance_factor"):
+            np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
+        np.testing.assert_allclose(mine["obj"], theirs["obj"], rtol=obj_rtol, atol=0)
+        assert "reassigned" in mine and "reassigned" not in theirs
+    # Not vacuous: the pruned run did skip rows (ties everywhere forbid it).
+    assert not skips or min(h["reassigned"].min() for h in pruned.history) < 1.0
+
+
+def blobs(batch: int, n: int, k: int, d: int, spread: float,
+          seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = testing.blobs(n, d, k, seed=seed, spread=spread, batch=batch)
+    return x, testing.random_rows(x, k, seed=seed)
+
+
+# (batch, n, k, d, spread): N and K off the 64-wide tiles, d one tile (20) or three slices (130),
+# batched, clusters separated or overlapping.
+CASES = [(2, 150, 70, 20, 0.3), (1, 130, 67, 130, 0.8)]
+
+
+@pytest.mark.parametrize("batch,n,k,d,spread", CASES)
+def test_pruned_equals_unpruned_fp32(monkeypatch, batch, n, k, d, spread):
+    x, init = blobs(batch, n, k, d, spread, seed=n + k + d)
+    assert_identical(run(x, init, 5, True, "fp32", monkeypatch),
+                     run(x, init, 5, False, "fp32", monkeypatch))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+def test_pruned_equals_unpruned_low_precision(monkeypatch, precision):
+    # The margin covers the precision's rounding, so the plain kernel provably picks the label
+    # a skipped row keeps: identical labels and centroids here too, not merely close ones.
+    x, init = blobs(2, 140, 66, 24, 0.5, seed=4)
+    x, init = x + 3.0, init + 3.0  # off the origin: cancellation widens the score errors
+    assert_identical(run(x, init, 5, True, precision, monkeypatch),
+                     run(x, init, 5, False, precision, monkeypatch),
+                     obj_rtol=1e-6 if precision in ("bf16", "fp16") else 0.0)
+
+
+def test_pruned_equals_unpruned_with_splits(monkeypatch):
+    # Half the initial centroids copy the other half: the copies lose every tie, empty and are
+    # split (a centroid jumps to a donor's): the drifts must carry the bounds across the jump.
+    x, init = blobs(2, 150, 68, 12, 0.4, seed=3)
+    init[:, 34:] = init[:, :34]
+    pruned, plain = run(x, init, 5, True, "fp32", monkeypatch), run(x, init, 5, False, "fp32",
+                                                                      monkeypatch)
+    assert (plain.history[0]["nsplit"] > 20).all()
+    assert_identical(pruned, plain)
+
+
+def test_pruned_equals_unpruned_on_exact_ties_and_spherical(monkeypatch):
+    # Integer points, most of them exactly equidistant from two centroids: no bound may prune
+    # a tie, and the rest must still agree.
+    x, init = testing.exact_ties(150, 6, 66, batch=2, seed=5, high=1)
+    assert_identical(run(x, init, 4, True, "fp32", monkeypatch),
+                     run(x, init, 4, False, "fp32", monkeypatch), skips=False)
+    x, init = blobs(1, 150, 66, 16, 0.3, seed=13)
+    assert_identical(run(x, init, 4, True, "fp32", monkeypatch, spherical=True),
+                     run(x, init, 4, False, "fp32", monkeypatch, spherical=True))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_assign_rows_and_distances_match_assign(precision):
+    from dc_kernels.ops.assign import assign, assign_rows, labelled_distances, operand_copy
+
+    x, c = blobs(2, 150, 70, 40, 0.5, seed=8)
+    dist, labels = assign(x, c, precision)
+    # A different subset per problem, in scrambled order, with junk past each count.
+    gen = torch.Generator().manual_seed(0)
+    row_list = torch.stack([torch.randperm(150, generator=gen) for _ in range(2)])
+    count = torch.tensor([97, 3])
+    sub_dist = torch.full((2, 150), -1.0)
+    sub_labels = torch.full((2, 150), -1, dtype=torch.int64)
+    second = torch.full((2, 150), -1.0)
+    assign_rows(x, operand_copy(x, precision), c, precision, row_list, count, sub_dist,
+                sub_labels, second)
+    for b in range(2):
+        picked, left = row_list[b, :count[b]], row_list[b, count[b]:]
+        assert torch.equal(sub_labels[b, picked], labels[b, picked])
+        assert torch.equal(sub_dist[b, picked], dist[b, picked])
+        assert (sub_labels[b, left] == -1).all() and (second[b, left] == -1).all()
+    assert torch.equal(labelled_distances(x, operand_copy(x, precision), c, labels, precision),
+                       dist)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_score_error_bound_holds(precision, offset):
+    """The best and second-best scores the kernel reports are within the bound the margin
+    uses of their float64 values, at the origin and far from it (cancellation)."""
+    from dc_kernels.ops.assign import assign_rows, operand_copy, score_error_bound
+
+    batch, n, k, d = 2, 130, 70, 100
+    gen = torch.Generator().manual_seed(int(offset) + len(precision))
+    x = torch.randn(batch, n, d, generator=gen) * torch.rand(batch, n, 1, generator=gen) + offset
+    c = torch.randn(batch, k, d, generator=gen) * 0.3 + offset
+    dist = torch.empty(batch, n)
+    labels = torch.empty(batch, n, dtype=torch.int64)
+    second = torch.empty(batch, n)
+    every_row = torch.arange(n).repeat(batch, 1)
+    assign_rows(x, operand_copy(x, precision), c, precision, every_row,
+                torch.full((batch,), n), dist, labels, second)
+    x64, c64 = x.double(), c.double()
+    exact = c64.square().sum(-1).unsqueeze(1) - 2.0 * x64 @ c64.transpose(1, 2)  # (B, N, K)
+    best_exact = exact.gather(2, labels.unsqueeze(-1)).squeeze(-1)
+    second_exact = exact.scatter(2, labels.unsqueeze(-1), float("inf")).amin(-1)
+    rel, lin, tiny = score_error_bound(precision, d)
+    m = x64.norm(dim=-1) + c64.norm(dim=-1).amax(-1, keepdim=True)
+    bound = rel * m * m + lin * m + tiny
+    error = (second.double() - second_exact).abs()
+    assert (error <= bound).all(), float((error / bound).max())
+    # The kernel's label is a minimiser within twice the bound.
+    assert (best_exact <= exact.amin(-1) + 2 * bound).all()
+    if precision != "fp32":  # the interpreter runs fp32 as IEEE, not the GPU's 3xTF32
+        # Not vacuous: the observed errors reach a visible fraction of the bound.
+        assert float((error / bound).max()) > 1e-2
+
+
+def test_pruning_skips_rows_on_clustered_data(monkeypatch):
+    x, init = blobs(1, 200, 66, 8, 0.05, seed=21)
+    result = run(x, init, 6, True, "fp32", monkeypatch)
+    reassigned = np.array([h["reassigned"][0] for h in result.history])
+    assert reassigned[0] == 1.0  # the first assignment has no bounds yet
+    # Once the clusters have formed, nearly every row keeps its centroid provably.
+    assert reassigned[-1] < 0.2, reassigned.tolist()
+
+
+def test_cpu_pruning_reports_reassigned(monkeypatch):
+    monkeypatch.setattr(CpuBackend, "prune_min_work", 0)
+    monkeypatch.setattr(CpuBackend, "prune_min_k", 2)
+    x, init = blobs(1, 2000, 40, 8, 0.05, seed=2)
+    result = dc_kernels.kmeans(x, 40, niter=5, init_centroids=init, backend="cpu", seed=1)
+    skipped = torch.stack(get_backend("cpu", torch.device("cpu")).last_skipped)[:, 0]
+    np.testing.assert_array_equal([h["reassigned"][0] for h in result.history],
+                                  ((2000 - skipped).double() / 2000).numpy())
+
+
+def test_small_problems_are_not_pruned(monkeypatch):
+    x, _ = blobs(1, 500, 40, 8, 0.3, seed=1)
+    assert TritonBackend().pruner(x, 300) is None  # too little work
+    monkeypatch.setattr(TritonBackend, "prune_min_work", 0)
+    assert TritonBackend().pruner(x, 40) is None  # too few centroids
+    assert TritonBackend().pruner(x, 300) is not None
