@@ -4,6 +4,12 @@ identical labels, centroids, objectives and splits in every precision, at shapes
 the interpreter's 64-wide tiles; the kernels it adds agree bit for bit with ``assign``; the
 error bound its margin rests on holds against float64; and it does skip rows (a counter)."""
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +20,12 @@ from dc_kernels.backends import get_backend, unavailable_reason
 from dc_kernels.backends.cpu import CpuBackend
 from dc_kernels.backends.triton import TritonBackend
 
-pytestmark = pytest.mark.skipif(
-    bool(unavailable_reason("triton", torch.device("cpu"))), reason="triton does not run here")
+# On the GPU when there is one (bench/gpu_check.sh runs these there), else in the interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(bool(unavailable_reason("triton", DEVICE)),
+                                reason="triton does not run here")
+# The GPU-marked share (bench/gpu_check.sh selects -m gpu): fp32 identity and the kernel modes.
+on_gpu = pytest.mark.gpu if DEVICE.type == "cuda" else (lambda test: test)
 
 
 def run(x: torch.Tensor, init: torch.Tensor, niter: int, pruned: bool, precision: str,
@@ -24,9 +34,11 @@ def run(x: torch.Tensor, init: torch.Tensor, niter: int, pruned: bool, precision
     with monkeypatch.context() as patch:
         patch.setattr(TritonBackend, "prune_min_work", 0 if pruned else 1 << 62)
         patch.setattr(TritonBackend, "prune_min_k", 2)
-        return dc_kernels.kmeans(x, init.shape[-2], niter=niter, init_centroids=init,
-                                 backend="triton", seed=11, precision=precision,
-                                 spherical=spherical)
+        result = dc_kernels.kmeans(x.to(DEVICE), init.shape[-2], niter=niter,
+                                   init_centroids=init.to(DEVICE), backend="triton", seed=11,
+                                   precision=precision, spherical=spherical)
+    result.labels, result.centroids = result.labels.cpu(), result.centroids.cpu()
+    return result
 
 
 def assert_identical(pruned: dc_kernels.KmeansResult, plain: dc_kernels.KmeansResult,
@@ -55,6 +67,7 @@ def blobs(batch: int, n: int, k: int, d: int, spread: float,
 CASES = [(2, 150, 70, 20, 0.3), (1, 130, 67, 130, 0.8)]
 
 
+@on_gpu
 @pytest.mark.parametrize("batch,n,k,d,spread", CASES)
 def test_pruned_equals_unpruned_fp32(monkeypatch, batch, n, k, d, spread):
     x, init = blobs(batch, n, k, d, spread, seed=n + k + d)
@@ -73,6 +86,7 @@ def test_pruned_equals_unpruned_low_precision(monkeypatch, precision):
                      obj_rtol=1e-6 if precision in ("bf16", "fp16") else 0.0)
 
 
+@on_gpu
 def test_pruned_equals_unpruned_with_splits(monkeypatch):
     # Half the initial centroids copy the other half: the copies lose every tie, empty and are
     # split (a centroid jumps to a donor's): the drifts must carry the bounds across the jump.
@@ -95,19 +109,20 @@ def test_pruned_equals_unpruned_on_exact_ties_and_spherical(monkeypatch):
                      run(x, init, 4, False, "fp32", monkeypatch, spherical=True))
 
 
+@on_gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_assign_rows_and_distances_match_assign(precision):
     from dc_kernels.ops.assign import assign, assign_rows, labelled_distances, operand_copy
 
-    x, c = blobs(2, 150, 70, 40, 0.5, seed=8)
+    x, c = (t.to(DEVICE) for t in blobs(2, 150, 70, 40, 0.5, seed=8))
     dist, labels = assign(x, c, precision)
     # A different subset per problem, in scrambled order, with junk past each count.
     gen = torch.Generator().manual_seed(0)
-    row_list = torch.stack([torch.randperm(150, generator=gen) for _ in range(2)])
-    count = torch.tensor([97, 3])
-    sub_dist = torch.full((2, 150), -1.0)
-    sub_labels = torch.full((2, 150), -1, dtype=torch.int64)
-    second = torch.full((2, 150), -1.0)
+    row_list = torch.stack([torch.randperm(150, generator=gen) for _ in range(2)]).to(DEVICE)
+    count = torch.tensor([97, 3], device=DEVICE)
+    sub_dist = torch.full((2, 150), -1.0, device=DEVICE)
+    sub_labels = torch.full((2, 150), -1, dtype=torch.int64, device=DEVICE)
+    second = torch.full((2, 150), -1.0, device=DEVICE)
     assign_rows(x, operand_copy(x, precision), c, precision, row_list, count, sub_dist,
                 sub_labels, second)
     for b in range(2):
@@ -130,12 +145,14 @@ def test_score_error_bound_holds(precision, offset):
     gen = torch.Generator().manual_seed(int(offset) + len(precision))
     x = torch.randn(batch, n, d, generator=gen) * torch.rand(batch, n, 1, generator=gen) + offset
     c = torch.randn(batch, k, d, generator=gen) * 0.3 + offset
-    dist = torch.empty(batch, n)
-    labels = torch.empty(batch, n, dtype=torch.int64)
-    second = torch.empty(batch, n)
-    every_row = torch.arange(n).repeat(batch, 1)
-    assign_rows(x, operand_copy(x, precision), c, precision, every_row,
-                torch.full((batch,), n), dist, labels, second)
+    dist = torch.empty(batch, n, device=DEVICE)
+    labels = torch.empty(batch, n, dtype=torch.int64, device=DEVICE)
+    second = torch.empty(batch, n, device=DEVICE)
+    every_row = torch.arange(n, device=DEVICE).repeat(batch, 1)
+    xd, cd = x.to(DEVICE), c.to(DEVICE)
+    assign_rows(xd, operand_copy(xd, precision), cd, precision, every_row,
+                torch.full((batch,), n, device=DEVICE), dist, labels, second)
+    labels, second = labels.cpu(), second.cpu()
     x64, c64 = x.double(), c.double()
     exact = c64.square().sum(-1).unsqueeze(1) - 2.0 * x64 @ c64.transpose(1, 2)  # (B, N, K)
     best_exact = exact.gather(2, labels.unsqueeze(-1)).squeeze(-1)
@@ -177,3 +194,55 @@ def test_small_problems_are_not_pruned(monkeypatch):
     monkeypatch.setattr(TritonBackend, "prune_min_work", 0)
     assert TritonBackend().pruner(x, 40) is None  # too few centroids
     assert TritonBackend().pruner(x, 300) is not None
+
+
+# ------------------------------------------------------------- the GPU build of the three modes
+def epilogue_layouts() -> None:
+    """Print, per precision, d and kernel mode, the register layout in which the sm_90 build
+    of the assign kernel sums each row's squared differences (its last reduction)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from dc_kernels.ops import assign as ops
+
+    pointers = {"x_ptr": "*fp32", "c_ptr": "*fp32", "csq_ptr": "*fp32", "dist_ptr": "*fp32",
+                "label_ptr": "*i64", "list_ptr": "*i64", "count_ptr": "*i64",
+                "second_ptr": "*fp32", "xop_ptr": "*fp32", "cop_ptr": "*fp32"}
+    for precision, code in (("fp32", 0), ("tf32", 1)):
+        for d in (128, 256):
+            for mode in (ops.SWEEP, ops.GATHER, ops.LABELLED):
+                config = dict(ops.assign_configs(d, precision, False)[0])
+                options = {"num_warps": config.pop("num_warps"),
+                           "num_stages": config.pop("num_stages")}
+                consts = {**config, "PRECISION": code, "EMULATE": False, "MODE": mode}
+                fn = ops._assign_kernel
+                signature = {a: "constexpr" if a in consts else pointers.get(a, "i32")
+                             for a in fn.arg_names}
+                attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]]
+                         for a, t in signature.items()
+                         if t.startswith("*") or a in ("D", "K") or a.startswith("stride")}
+                ir = compile(ASTSource(fn=fn, signature=signature, constexprs=consts,
+                                       attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                             options=options).asm["ttgir"]
+                layouts = dict(re.findall(r"^(#\w+) = (.*)$", ir, re.M))
+                operand = re.findall(r"\}\) : \(tensor<([^>]*)>\)", ir)[-1]
+                name = operand.split(", ")[-1]
+                print(precision, d, mode, operand, layouts.get(name, name))
+
+
+def test_epilogue_sums_in_the_same_layout_in_every_mode():
+    """On a GPU, a row's distance is bit for bit the same in the three modes only if they sum
+    its squared differences in the same order, which the register layout of the reduction
+    fixes: checked on the sm_90 build for fp32 and tf32 (16-bit modes may differ: _launch)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", "from tests.test_triton_pruning import "
+                          "epilogue_layouts; epilogue_layouts()"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    lines = run.stdout.strip().splitlines()
+    assert run.returncode == 0 and len(lines) == 12, run.stderr[-2000:]
+    by_case: dict[tuple, set] = {}
+    for line in lines:
+        precision, d, _mode, layout = line.split(" ", 3)
+        by_case.setdefault((precision, d), set()).add(layout)
+    assert all(len(layouts) == 1 for layouts in by_case.values()), by_case
