@@ -1,7 +1,9 @@
 """k-means: every dc_kernels backend against the peers, same data, init and iterations.
 
 Providers, for each shape (B x N x d : K): every dc_kernels backend that runs on the device
-(each of its precisions on a GPU; the Triton interpreter on a CPU only for tiny shapes); the
+(each of its precisions on a GPU; the Triton interpreter on a CPU only for tiny shapes), and on
+a GPU triton-pruned / triton-unpruned (fp32, fp16: the triton backend with its bound-based
+pruning forced on / off, whatever its work threshold picks for dc_kernels.triton); the
 plain chunked torch loop a user would write (addmm + argmin + index_add; fp32, and tf32 on a
 GPU); fast-pytorch-kmeans; on a CPU scikit-learn KMeans (lloyd) and faiss-cpu; on a GPU
 flash-kmeans and fastkmeans. A peer that is not installed reads ``nan``.
@@ -119,6 +121,28 @@ def run_dc_kernels(backend: str, precision: str):
                                    early_stop_threshold=None)  # every point, every iteration
             km.train(x, init_centroids=init)
             return km.centroids, iters
+
+        return call
+
+    return make
+
+
+def run_triton_pruning(precision: str, pruned: bool):
+    """dc_kernels.triton with its pruned assignment forced on (any size) or off, whatever its
+    work threshold says: the side-by-side measure of what pruning saves at each shape."""
+    from dc_kernels.backends.triton import TritonBackend
+
+    def make(x, init, iters):
+        inner = run_dc_kernels("triton", precision)(x, init, iters)
+
+        def call():
+            saved = TritonBackend.prune_min_work, TritonBackend.prune_min_k
+            TritonBackend.prune_min_work, TritonBackend.prune_min_k = (
+                (0, 0) if pruned else (math.inf, math.inf))
+            try:
+                return inner()
+            finally:
+                TritonBackend.prune_min_work, TritonBackend.prune_min_k = saved
 
         return call
 
@@ -251,6 +275,9 @@ def providers(device: torch.device, shape: Shape) -> list[Provider]:
             continue
         precisions = get_backend(name, device).precisions if device.type == "cuda" else ("fp32",)
         rows += [Provider(f"dc_kernels.{name}", p, run_dc_kernels(name, p)) for p in precisions]
+        if name == "triton" and device.type == "cuda":
+            rows += [Provider(f"triton-{kind}", p, run_triton_pruning(p, kind == "pruned"))
+                     for kind in ("pruned", "unpruned") for p in ("fp32", "fp16")]
     rows.append(Provider("torch-loop", "fp32", run_torch_loop("fp32")))
     if device.type == "cuda":
         rows += [Provider("torch-loop", "tf32", run_torch_loop("tf32")),
