@@ -190,10 +190,10 @@ def test_cpu_pruning_reports_reassigned(monkeypatch):
 
 def test_small_problems_are_not_pruned(monkeypatch):
     x, _ = blobs(1, 500, 40, 8, 0.3, seed=1)
-    assert TritonBackend().pruner(x, 300) is None  # too little work
+    assert TritonBackend().pruner(x, 4000) is None  # too little work
     monkeypatch.setattr(TritonBackend, "prune_min_work", 0)
-    assert TritonBackend().pruner(x, 40) is None  # too few centroids
-    assert TritonBackend().pruner(x, 300) is not None
+    assert TritonBackend().pruner(x, 1000) is None  # too few centroids
+    assert TritonBackend().pruner(x, 4000) is not None
 
 
 # ------------------------------------------------------------- the GPU build of the three modes

@@ -5,6 +5,10 @@ No step reads a value back to the host and the split reads the iteration from de
 so the Lloyd driver captures small problems' iterations as a CUDA graph; given host data with a
 GPU present, the driver streams the rows to it. On the CPU under ``TRITON_INTERPRET=1`` every
 kernel runs in the Triton interpreter (tests).
+
+``pruner`` gives the driver an exact pruned assignment for large K (Hamerly bounds kept on the
+device; only rows whose label may change are swept): the labels of ``assign``, and in fp32 and
+tf32 its distances bit for bit; the driver then runs the iterations uncaptured.
 """
 
 import os
@@ -138,13 +142,14 @@ class TritonBackend(TorchBackend):
     capturable = True
     streams_host_data = True
     # Pruning pays where the sweep it saves outweighs its own passes: per iteration one read
-    # of x for the distances plus ~60 bytes of bounds per row, against 2 K d flops per row.
-    # At an H200's ~4.8 TB/s and ~400 Tflop/s that is about 170 (4 d + 60) / (2 K d) of a
-    # sweep, 2% at K = 10k, d = 256; below K = 256 it exceeds a third. The dozen launches
-    # (~0.1 ms) want a sweep of ~2^34 multiply-adds (~0.1 ms) at least. Estimates, not
-    # measurements: bench/kmeans_bench.py's triton-pruned row measures them.
+    # of x for the distances plus ~60 bytes of bounds per row, against 2 K d flops per row. At
+    # an H200's ~4.8 TB/s and ~400 Tflop/s (tf32; fp16 twice that) they cost about
+    # 42 (4 d + 60) / (K d) of a sweep (twice that in fp16): 2% at K = 10k, d = 256; 9% at
+    # K = 2048, d = 128; 70% at K = 256. The dozen launches (~0.1 ms) want a sweep of ~2^34
+    # multiply-adds (~0.1 ms) at least. Estimates, not measurements: bench/kmeans_bench.py's
+    # triton-pruned and triton-unpruned rows measure both sides at every shape.
     prune_min_work = 1 << 34
-    prune_min_k = 256
+    prune_min_k = 2048
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str:
