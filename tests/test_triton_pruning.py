@@ -188,8 +188,10 @@ def test_cpu_pruning_reports_reassigned(monkeypatch):
                                   ((2000 - skipped).double() / 2000).numpy())
 
 
-def test_small_problems_are_not_pruned(monkeypatch):
+def test_pruning_is_off_by_default_and_thresholds_apply_when_set(monkeypatch):
     x, _ = blobs(1, 500, 40, 8, 0.3, seed=1)
+    assert TritonBackend().pruner(x, 4000) is None  # off until measured on a GPU
+    monkeypatch.setattr(TritonBackend, "prune_min_k", 2048)
     assert TritonBackend().pruner(x, 4000) is None  # too little work
     monkeypatch.setattr(TritonBackend, "prune_min_work", 0)
     assert TritonBackend().pruner(x, 1000) is None  # too few centroids

@@ -146,10 +146,12 @@ class TritonBackend(TorchBackend):
     # an H200's ~4.8 TB/s and ~400 Tflop/s (tf32; fp16 twice that) they cost about
     # 42 (4 d + 60) / (K d) of a sweep (twice that in fp16): 2% at K = 10k, d = 256; 9% at
     # K = 2048, d = 128; 70% at K = 256. The dozen launches (~0.1 ms) want a sweep of ~2^34
-    # multiply-adds (~0.1 ms) at least. Estimates, not measurements: bench/kmeans_bench.py's
-    # triton-pruned and triton-unpruned rows measure both sides at every shape.
-    prune_min_work = 1 << 34
-    prune_min_k = 2048
+    # multiply-adds (~0.1 ms) at least. Estimates, not measurements: until bench/kmeans_bench.py's
+    # triton-pruned and triton-unpruned rows have measured both sides on a GPU, pruning is off
+    # unless asked for (set prune_min_k = 2048 and prune_min_work = 1 << 34, the estimate's
+    # thresholds, on TritonBackend), so no default run takes an unmeasured path.
+    prune_min_work = 1 << 62
+    prune_min_k = 1 << 62
 
     @classmethod
     def unavailable_reason(cls, device: torch.device) -> str:
