@@ -135,11 +135,6 @@ def value_range(t: torch.Tensor, name: str = "x") -> float:
     return value
 
 
-def check_finite(t: torch.Tensor, name: str = "x") -> None:
-    """ValueError when ``t`` holds NaN or Inf (see ``value_range``)."""
-    value_range(t, name)
-
-
 def check_points(t: torch.Tensor, name: str = "x", d: int | None = None,
                  batched_ok: bool = True) -> float:
     """Validate a (N, d) or, when allowed, (B, N, d) floating array of finite values; returns

@@ -71,10 +71,9 @@ def _check_weights(weights: Any, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"weights must have shape (N,) = ({x.shape[1]},) or (B, N) = "
                          f"{tuple(x.shape[:2])}, got {tuple(w.shape)}")
     w = w if w.is_floating_point() else w.double()
-    _arrays.check_finite(w.unsqueeze(-1), "weights")
+    peak = _arrays.value_range(w.unsqueeze(-1), "weights")  # max|w|: max w once non-negative
     if bool((w < 0).any()):
         raise ValueError("weights must be non-negative")
-    peak = float(w.amax())
     if peak == 0 or bool((w.sum(-1) == 0).any()):
         raise ValueError("weights sum to 0: there is no weighted mean to compute")
     w = _arrays.scaled_float32(w.unsqueeze(-1), math.frexp(peak)[1] - 1)[..., 0]
