@@ -35,7 +35,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from dc_kernels.backends import unavailable_reason
+from dc_kernels.backends import auto_order, unavailable_reason
 
 from . import distributed, metrics, rundir
 from .checkpoint import (
@@ -445,7 +445,10 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
             record["time_features"] = time.perf_counter() - progress.start
             backend = config.kmeans_backend
             if features.device != device and backend == "auto":
-                backend = "triton"  # dc_kernels streams host-resident features to the GPU
+                # Host-resident features: the first backend of the GPU's order that runs on
+                # them (triton and cuda stream them to the GPU), not the one for CPU data.
+                backend = next((name for name in auto_order(device)
+                                if not unavailable_reason(name, features.device)), "auto")
             clustering = cluster_features(
                 features, config.k, pca_dim=config.pca_dim, pca_power=config.pca_power,
                 niter=config.kmeans_iters, nredo=config.kmeans_redo,
