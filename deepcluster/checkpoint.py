@@ -6,7 +6,7 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled class
     format       "deepcluster/1"
     config       the run's Config as a dict
     model_spec   build_model's arguments (arch, num_clusters, sobel, in_channels, image_size,
-                 width)
+                 width, dropout; older files lack dropout: 0.5)
     model        the network's state_dict (top layer included)
     optimizer, top_optimizer, scaler   state_dicts (scaler: {} without AMP on CUDA)
     epoch        number of finished epochs (the next epoch to run)
@@ -42,6 +42,9 @@ KEYS = {"config": dict, "model_spec": dict, "model": dict, "optimizer": dict,
 # What evaluation reads: the network and the last clustering (no training state).
 MODEL_KEYS = ("config", "model_spec", "model", "epoch", "assignments")
 MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size", "width"}
+# Settings added with a default other than the behaviour before them: a checkpoint that does not
+# name one ran with this value.
+EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True}
 
 
 class CheckpointError(ValueError):
@@ -125,9 +128,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 def check_compatible(saved: dict[str, Any], config: Config, path: str | Path) -> None:
     """Raise ``CheckpointError`` listing every setting (outside ``RESUMABLE``) on which the
     checkpoint's config differs from ``config``. A setting the checkpoint does not name came
-    after it was written, and the run behaved as its default."""
+    after it was written, and the run behaved as its default (or as ``EARLIER_BEHAVIOUR``)."""
     current = config.to_dict()
-    defaults = Config().to_dict()
+    defaults = {**Config().to_dict(), **EARLIER_BEHAVIOUR}
     diffs = [f"{name}: checkpoint {saved.get(name, defaults[name])!r}, now {value!r}"
              for name, value in current.items()
              if name not in RESUMABLE and saved.get(name, defaults[name]) != value]
@@ -149,13 +152,14 @@ def model_from_checkpoint(source: str | Path | dict[str, Any],
     try:
         model = build_model(spec["arch"], spec["num_clusters"], sobel=spec["sobel"],
                             in_channels=spec["in_channels"], image_size=spec["image_size"],
-                            width=spec["width"])
+                            width=spec["width"],
+                            dropout=spec.get("dropout", EARLIER_BEHAVIOUR["dropout"]))
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's weights do not fit its model_spec {spec}: "
                               f"{(str(exc).strip() or type(exc).__name__).splitlines()[0]}"
                               ) from exc
-    return model.to(device).eval(), Config(**state["config"])
+    return model.to(device).eval(), Config(**{**EARLIER_BEHAVIOUR, **state["config"]})
 
 
 def rng_state() -> dict[str, Any]:

@@ -40,6 +40,7 @@ class Config:
     image_size: int = 0
     arch: str = "alexnet"
     width: float = 0.25
+    dropout: float = 0.0
     sobel: bool = True
     k: int = 100
     pca_dim: int = 256
@@ -54,6 +55,7 @@ class Config:
     wd: float = 1e-5
     momentum: float = 0.9
     min_crop_scale: float = 0.0
+    flip: bool = False
     workers: int = -1
     check_images: bool = False
     log_every: float = 10.0
@@ -93,6 +95,8 @@ class Config:
              f"min_crop_scale must be in [0, 1] (0: auto), got {self.min_crop_scale}"),
             (finite(self.width) and self.width > 0,
              f"width must be a positive number, got {self.width}"),
+            (finite(self.dropout) and 0 <= self.dropout < 1,
+             f"dropout must be in [0, 1), got {self.dropout}"),
             (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
             (self.image_size == 0 or self.image_size >= 8,
              f"image_size must be 0 (auto) or at least 8, got {self.image_size}"),
@@ -132,6 +136,9 @@ _HELP: dict[str, tuple[str, str | None]] = {
                    "64, else 224)", "224"),
     "arch": (f"network: {', '.join(ARCHS)} (alexnet and vgg16 with BatchNorm)", None),
     "width": ("multiplies the conv/FC widths of alexnet and vgg16", "1.0"),
+    "dropout": ("dropout probability in the FC head of alexnet and vgg16 (0: none; the paper's "
+                "0.5 made the narrow default network's features collapse on small data, "
+                "README)", "0.5"),
     "sobel": ("fixed Sobel filtering in front of the network", None),
     "k": ("number of k-means clusters (pseudo-classes)", "10000"),
     "pca_dim": ("PCA-whitening output dimension before k-means", None),
@@ -151,6 +158,8 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "min_crop_scale": ("smallest area fraction of the random resized crop (0: auto, 0.08 for "
                        "network inputs of 128 px and more, 0.6 below, where an 8%% crop of an "
                        "upscaled small image keeps too few of its pixels)", "0.08"),
+    "flip": ("random horizontal flips in training (off by default: flip invariance merges "
+             "what mirroring changes, such as digits and letters; README)", "on"),
     "workers": ("data-loader worker processes, persistent across passes (-1: 0 for in-memory "
                 "arrays, else the CPUs this process may use, shared among torchrun's local "
                 "processes)", "4"),

@@ -538,13 +538,14 @@ def default_min_crop_scale(image_size: int) -> float:
 
 
 class TrainTransform:
-    """Random resized crop (scale in [min_scale, 1], aspect ratio in [3/4, 4/3]) and horizontal
-    flip of a uint8 image, drawn from a generator seeded by the caller. ``min_scale`` 0 picks
-    ``default_min_crop_scale(image_size)``."""
+    """Random resized crop (scale in [min_scale, 1], aspect ratio in [3/4, 4/3]) and, with
+    ``flip``, a horizontal flip of a uint8 image, drawn from a generator seeded by the caller.
+    ``min_scale`` 0 picks ``default_min_crop_scale(image_size)``."""
 
-    def __init__(self, image_size: int, min_scale: float = 0.0):
+    def __init__(self, image_size: int, min_scale: float = 0.0, flip: bool = True):
         self.image_size = image_size
         self.min_scale = min_scale or default_min_crop_scale(image_size)
+        self.flip = flip
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -566,7 +567,8 @@ class TrainTransform:
                 break
         x = TF.resized_crop(x, top, left, h, w, [self.image_size, self.image_size],
                             antialias=True)
-        if torch.rand(1, generator=g).item() < 0.5:
+        # Drawn either way: a run's crops do not depend on whether it flips.
+        if torch.rand(1, generator=g).item() < 0.5 and self.flip:
             x = x.flip(-1)
         return x
 
@@ -580,10 +582,11 @@ class ImageDataset(Dataset):
     data; ``replaced`` tells the caller to count and list the file.
     """
 
-    def __init__(self, images: ImageSet, image_size: int, min_scale: float = 0.0):
+    def __init__(self, images: ImageSet, image_size: int, min_scale: float = 0.0,
+                 flip: bool = True):
         self.images = images
         self.eval_transform = eval_transform(image_size)
-        self.train_transform = TrainTransform(image_size, min_scale)
+        self.train_transform = TrainTransform(image_size, min_scale, flip)
 
     def __len__(self) -> int:
         return len(self.images)

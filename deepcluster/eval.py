@@ -5,12 +5,13 @@
 
 Tasks (all on frozen features, computed with torch and dc_kernels on the chosen device):
 - cluster: the run's clustering step (PCA to its --pca-dim with its eigenvalue power, L2,
-  k-means) on the train split's embeddings, with k = the number of classes and k = the run's
-  k; NMI, adjusted Rand index, Hungarian accuracy, purity.
-- linear: a linear classifier per conv layer (activations average-pooled to at most
-  --pool-dim dims, as in the paper's Table 1), trained on the train split, top-1 on the test
-  split.
-- knn: weighted kNN top-1 (cosine, k = 20 and 200) on the embeddings.
+  k-means) on the train split, with k = the number of classes (the embedding also with the
+  run's k); NMI, adjusted Rand index, Hungarian accuracy, purity.
+- linear: a linear classifier (conv activations average-pooled to at most --pool-dim dims, as
+  in the paper's Table 1), trained on the train split, top-1 on the test split.
+- knn: weighted kNN top-1 (cosine, k = 20 and 200) of the test split among the train split.
+These three score the embedding (the clustered features) and every conv layer; "best conv" rows
+repeat them at the conv layer whose linear probe scores highest (chosen per model).
 - retrieval: mAP of ranking the train split for each test image, relevant = same label.
 - extract: the --layer features and labels of each split to .npz (``features`` N x D float32,
   ``labels`` N int64, -1 = unknown).
@@ -80,6 +81,7 @@ class EvalReport:
 
     models: list[str]
     rows: dict[tuple[str, str], dict[str, float | None]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
     def add(self, task: str, metric: str, model: str, value: float | None) -> None:
@@ -105,7 +107,8 @@ class EvalReport:
                 diff = row["difference"]
                 cells.append("-" if diff is None else f"{diff:+.3f}")
             lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        notes = [""] + [f"- {note}" for note in self.notes] if self.notes else []
+        return "\n".join(lines + notes) + "\n"
 
     def to_json(self) -> list[dict[str, Any]]:
         return [{"task": task, "metric": metric, **self._with_difference(values)}
@@ -195,16 +198,19 @@ def random_model(spec: dict[str, Any], seed: int, device: torch.device) -> DeepC
 
 def _layers_needed(tasks: Sequence[str], model: DeepClusterNet, layer: str,
                    pictures: bool) -> tuple[list[str], list[str]]:
-    """(train layers, test layers) to extract for ``tasks``."""
-    convs = [name for name, _ in conv_layers(model)]
+    """(train layers, test layers) to extract for ``tasks``: the scored tasks run on the
+    embedding and on every conv layer, retrieval on the embedding."""
+    scored = [EMBED, *(name for name, _ in conv_layers(model))]
     train, test = set(), set()
-    if {"cluster", "knn", "retrieval"} & set(tasks) or pictures:
+    if "cluster" in tasks:
+        train.update(scored)
+    if {"knn", "linear"} & set(tasks):
+        train.update(scored)
+        test.update(scored)
+    if "retrieval" in tasks or pictures:
         train.add(EMBED)
-    if {"knn", "retrieval"} & set(tasks):
+    if "retrieval" in tasks:
         test.add(EMBED)
-    if "linear" in tasks:
-        train.update(convs)
-        test.update(convs)
     if "extract" in tasks:
         train.add(layer)
         test.add(layer)
@@ -218,12 +224,37 @@ def _cluster_ks(labels: torch.Tensor, run_k: int, n: int) -> list[int]:
     return sorted({k for k in (classes, run_k) if 2 <= k <= n})
 
 
+class _BestConv:
+    """The conv layers' scores of one model; the best conv layer is the one whose linear probe
+    scores highest (the paper's per-layer tables), and every protocol is reported at it."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], dict[str, float]] = {}
+
+    def add(self, layer: str, task: str, metric: str, value: float | None) -> None:
+        if layer != EMBED and value is not None:
+            self.values.setdefault((task, metric), {})[layer] = value
+
+    def report(self, report: EvalReport, name: str) -> None:
+        probes = self.values.get(("linear", "top-1 %"))
+        if not probes:
+            return
+        layer = max(probes, key=probes.__getitem__)
+        report.notes.append(f"{name}: the best conv layer (highest linear probe) is {layer}")
+        for (task, metric), values in self.values.items():
+            report.add(task, f"best conv {metric}", name, values.get(layer))
+
+
 def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: Splits,
                tasks: Sequence[str], report: EvalReport, opts: dict[str, Any], out: Path,
                pictures: bool, run_k: int) -> tuple[dict[str, torch.Tensor],
                                                     eval_tasks.ClusterResult | None]:
     """Every task of ``tasks`` for one model; returns its train features and the run-k
-    clustering for the pictures."""
+    clustering of the embedding for the pictures.
+
+    Clustering (k = the number of classes; the embedding also at the run's k), kNN and the
+    linear probe score the embedding and each conv layer, then the best conv layer per metric.
+    """
     device = opts["device"]
     train_layers, test_layers = _layers_needed(tasks, model, opts["layer"], pictures)
     common = {"image_size": spec["image_size"], "in_channels": spec["in_channels"],
@@ -245,30 +276,41 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
     if skipped:
         print(f"[{name}] {', '.join(skipped)} skipped: they need labels on both splits",
               flush=True)
+    scored = [EMBED, *(layer for layer, _ in conv_layers(model))]
+    best = _BestConv()
 
     if "cluster" in tasks or pictures:
-        ks = _cluster_ks(train_y, run_k, len(splits.train)) if "cluster" in tasks else []
-        if pictures and run_k not in ks and run_k <= len(splits.train):
-            ks.append(run_k)
-        for k in ks:
-            result = eval_tasks.cluster(train_f[EMBED], train_y, k, pca_dim=opts["pca_dim"],
-                                        eigen_power=opts["pca_power"], seed=opts["seed"],
-                                        backend=opts["kmeans_backend"])
-            if "cluster" in tasks:
-                for field_name, metric in CLUSTER_METRICS.items():
-                    report.add("cluster", f"k={k} {metric}", name, getattr(result, field_name))
-            if k == run_k:
-                run_clustering = result
+        classes_k = _cluster_ks(train_y, 0, len(splits.train))
+        for layer in scored if "cluster" in tasks else [EMBED]:
+            ks = [] if "cluster" not in tasks else (
+                _cluster_ks(train_y, run_k, len(splits.train)) if layer == EMBED else classes_k)
+            if pictures and layer == EMBED and run_k not in ks and run_k <= len(splits.train):
+                ks.append(run_k)
+            for k in ks:
+                result = eval_tasks.cluster(train_f[layer], train_y, k, pca_dim=opts["pca_dim"],
+                                            eigen_power=opts["pca_power"], seed=opts["seed"],
+                                            backend=opts["kmeans_backend"])
+                if "cluster" in tasks:
+                    for field_name, metric in CLUSTER_METRICS.items():
+                        value = getattr(result, field_name)
+                        report.add("cluster", f"{layer} k={k} {metric}", name, value)
+                        best.add(layer, "cluster", f"k={k} {metric}", value)
+                if layer == EMBED and k == run_k:
+                    run_clustering = result
     if "linear" in tasks and has_test_labels:
-        for layer, _ in conv_layers(model):
+        for layer in scored:
             acc = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
                                           epochs=opts["probe_epochs"], seed=opts["seed"])
             report.add("linear", f"{layer} ({train_f[layer].shape[1]} d) top-1 %", name, acc)
+            best.add(layer, "linear", "top-1 %", acc)
             print(f"[{name}] linear {layer}: {acc:.2f} %", flush=True)
     if "knn" in tasks and has_test_labels:
-        for k, acc in eval_tasks.knn_accuracy(train_f[EMBED], train_y, test_f[EMBED], test_y,
-                                              ks=KNN_KS).items():
-            report.add("knn", f"k={k} top-1 %", name, acc)
+        for layer in scored:
+            for k, acc in eval_tasks.knn_accuracy(train_f[layer], train_y, test_f[layer],
+                                                  test_y, ks=KNN_KS).items():
+                report.add("knn", f"{layer} k={k} top-1 %", name, acc)
+                best.add(layer, "knn", f"k={k} top-1 %", acc)
+    best.report(report, name)
     if "retrieval" in tasks and has_test_labels:
         report.add("retrieval", "mAP %", name,
                    eval_tasks.retrieval_map(test_f[EMBED], test_y, train_f[EMBED], train_y))

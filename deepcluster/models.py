@@ -134,12 +134,16 @@ def _vgg16_features(in_channels: int, width: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _fc_classifier(arch: str, d_in: int, width: float) -> tuple[nn.Sequential, int]:
-    """The original code's heads: AlexNet drops out before fc6 and fc7, VGG-16 before fc7 only."""
+def _fc_classifier(arch: str, d_in: int, width: float,
+                   dropout: float) -> tuple[nn.Sequential, int]:
+    """The original code's heads: AlexNet drops out before fc6 and fc7, VGG-16 before fc7 only
+    (``dropout`` 0 leaves the Dropout layers out)."""
     hidden = _scaled(_ALEXNET_FC if arch == "alexnet" else _VGG_FC, width)
-    first = [nn.Dropout(0.5)] if arch == "alexnet" else []
+    def drop() -> list[nn.Module]:
+        return [nn.Dropout(dropout)] if dropout > 0 else []
+    first = drop() if arch == "alexnet" else []
     return nn.Sequential(*first, nn.Linear(d_in, hidden), nn.ReLU(inplace=True),
-                         nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)), hidden
+                         *drop(), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)), hidden
 
 
 def _flat_dim(features: nn.Module, in_channels: int, image_size: int, arch: str) -> int:
@@ -171,14 +175,16 @@ def _resnet_features(arch: str, in_channels: int, image_size: int) -> tuple[nn.S
 
 
 def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels: int = 3,
-                image_size: int = 224, width: float = 1.0) -> DeepClusterNet:
+                image_size: int = 224, width: float = 1.0,
+                dropout: float = 0.5) -> DeepClusterNet:
     """Build a randomly initialised DeepCluster network.
 
     arch: one of ``ARCHS``. num_clusters: outputs of the top layer (k). sobel: put the fixed
     Sobel front in (the network then sees 2 channels). in_channels: channels of the images (1
     or 3). image_size: side of the square network input; below ``SMALL_INPUT`` the small stems
     are used. width: multiplies every conv and FC width of alexnet/vgg16 (1.0 = paper); ResNets
-    only accept 1.0. Raises ``ValueError`` with the reason for a bad combination.
+    only accept 1.0. dropout: probability of the FC head's Dropout layers (0.5 = paper; ResNets
+    have none). Raises ``ValueError`` with the reason for a bad combination.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -188,6 +194,8 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
         raise ValueError(f"num_clusters must be positive, got {num_clusters}")
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     front = Sobel(in_channels) if sobel else None
     net_in = 2 if sobel else in_channels
     if arch.startswith("resnet"):
@@ -206,7 +214,7 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
                              f"got image size {image_size}")
         features = _vgg16_features(net_in, width)
     classifier, feature_dim = _fc_classifier(arch, _flat_dim(features, net_in, image_size, arch),
-                                             width)
+                                             width, dropout)
     model = DeepClusterNet(features, classifier, feature_dim, num_clusters, front)
     _init_paper(model.features)
     # A linear layer's gain is std * sqrt(fan_in): scaling the std by 1/sqrt(width) keeps the

@@ -369,7 +369,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
                                   f"now has {n}: resume on the same data")
     model_spec = {"arch": config.arch, "num_clusters": config.k, "sobel": config.sobel,
                   "in_channels": images.channels, "image_size": image_size,
-                  "width": config.width}
+                  "width": config.width, "dropout": config.dropout}
     try:
         check_fits(model_spec, config.batch_size, device,
                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
@@ -426,8 +426,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     # Each rank embeds its contiguous shard of the images: every image exactly once.
     shard = distributed.shard_range(n, rank, world)
     items = _PassItems()
-    loader = _loader(ImageDataset(images, image_size, config.min_crop_scale), config, workers,
-                     device, items)
+    loader = _loader(ImageDataset(images, image_size, config.min_crop_scale, config.flip), config,
+                     workers, device, items)
     unreadable = _listed_unreadable(out)  # image files found unreadable so far
     sizes = None if assignments is None else np.bincount(assignments.cpu().numpy(),
                                                          minlength=config.k)

@@ -204,6 +204,21 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     # Beside every number, the random baseline and the difference.
     assert all(r["difference"] == pytest.approx(r["learned"] - r["random"])
                for r in rows.values())
+    # Cluster, kNN and linear score the embedding and every conv layer; the "best conv" rows
+    # repeat, per model, the conv layer whose linear probe scores highest.
+    convs = [f"conv{i}" for i in range(1, 6)]
+    for layer in ["embed", *convs]:
+        assert ("cluster", f"{layer} k=10 NMI") in rows and ("knn", f"{layer} k=20 top-1 %") in rows
+        assert any(task == "linear" and metric.startswith(f"{layer} (") for task, metric in rows)
+    for model in ("learned", "random"):
+        probes = {metric.split()[0]: r[model] for (task, metric), r in rows.items()
+                  if task == "linear" and metric.startswith("conv")}
+        best = max(probes, key=probes.__getitem__)
+        assert f"{model}: the best conv layer (highest linear probe) is {best}" in table
+        for task, metric in (("knn", "k=20 top-1 %"), ("cluster", "k=10 NMI")):
+            at_best = rows[(task, f"{best} {metric}")][model]
+            assert rows[(task, f"best conv {metric}")][model] == at_best
+        assert rows[("linear", "best conv top-1 %")][model] == probes[best]
     # ARI may dip below 0 (worse than chance); every other number is a fraction or a percent.
     assert all(-1.0 <= r[m] <= 100.0 for r in rows.values() for m in ("learned", "random"))
     assert all(0.0 <= r[m] <= 1.0 for (task, metric), r in rows.items()

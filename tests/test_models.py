@@ -26,3 +26,21 @@ def test_classifier_heads_follow_the_original(arch, size, head):
     model.eval()
     x = torch.randn(2, 3, size, size)
     assert torch.equal(torch.relu(model.embed(x)), model.classifier(model.body(x)))
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg16"])
+def test_dropout_zero_leaves_the_dropout_layers_out(arch):
+    model = build_model(arch, 5, in_channels=3, image_size=32, width=0.0625, dropout=0.0)
+    assert tuple(type(m) for m in model.classifier) == (nn.Linear, nn.ReLU, nn.Linear, nn.ReLU)
+    other = build_model(arch, 5, in_channels=3, image_size=32, width=0.0625, dropout=0.3)
+    assert [m.p for m in other.classifier if isinstance(m, nn.Dropout)] == \
+        ([0.3, 0.3] if arch == "alexnet" else [0.3])
+    # The same weights whatever the dropout: Dropout layers hold no parameters.
+    assert [tuple(t.shape) for t in model.state_dict().values()] == \
+        [tuple(t.shape) for t in other.state_dict().values()]
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0, float("nan")])
+def test_dropout_outside_its_range_is_refused(dropout):
+    with pytest.raises(ValueError, match="dropout must be in"):
+        build_model("alexnet", 5, image_size=32, width=0.0625, dropout=dropout)

@@ -91,7 +91,11 @@ def test_config_file_and_overrides(tmp_path):
     yml.write_text("k: 7\nbatch_size: 32\nsobel: true\n")
     config = parse_config(["--config", str(yml), "--no-sobel"])
     assert (config.k, config.batch_size, config.sobel) == (7, 32, False)
+    assert (Config().dropout, Config().flip) == (0.0, False)
+    config = parse_config(["--dropout", "0.5", "--flip"])
+    assert (config.dropout, config.flip) == (0.5, True)
     for text, message in (("kk: 3\n", "unknown setting 'kk'"), ("k: three\n", "k must be int"),
+                          ("dropout: 1.0\n", "dropout must be in"),
                           ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
                           ("kmeans_redo: 0\n", "kmeans_redo must be positive"),
                           ("- 1\n", "table of settings"), ("k: [\n", "not valid yaml")):

@@ -226,6 +226,18 @@ def test_train_transform_is_a_function_of_its_seed():
         pytest.fail(f"seed {seed}: the full-scale crop is not the whole image")
 
 
+def test_train_transform_without_flip_crops_the_same_and_never_mirrors():
+    x = torch.randint(0, 256, (1, 20, 30), dtype=torch.uint8)
+    flips, keeps = data.TrainTransform(16, min_scale=0.3), data.TrainTransform(16, 0.3, False)
+    mirrored = 0
+    for seed in range(40):
+        a, b = flips(x, seed), keeps(x, seed)
+        # The flip is drawn either way, so the crop of a seed is the same with and without it.
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+        mirrored += not torch.equal(a, b)
+    assert 5 < mirrored < 35  # about half of the seeds mirror when flipping is on
+
+
 class _Evil:
     def __init__(self, path):
         self.path = path
@@ -256,6 +268,19 @@ def test_checkpoint_without_a_newer_setting_resumes_as_its_default():
     check_compatible(old, Config(k=7), "old.pt")
     with pytest.raises(CheckpointError, match="kmeans_redo: checkpoint 1, now 3"):
         check_compatible(old, Config(k=7, kmeans_redo=3), "old.pt")
+
+
+def test_checkpoint_before_dropout_and_flip_resumes_as_it_ran():
+    # Those settings came with defaults (0, off) that differ from how runs behaved before
+    # them (0.5, flips): an older checkpoint resumes only with the behaviour it had.
+    from deepcluster.checkpoint import check_compatible
+    from deepcluster.config import Config
+    old = Config(k=7).to_dict()
+    del old["dropout"], old["flip"]
+    with pytest.raises(CheckpointError, match="dropout: checkpoint 0.5, now 0.0") as error:
+        check_compatible(old, Config(k=7), "old.pt")
+    assert "flip: checkpoint True, now False" in str(error.value)
+    check_compatible(old, Config(k=7, dropout=0.5, flip=True), "old.pt")
 
 
 def test_rng_state_roundtrip_through_weights_only(tmp_path):
