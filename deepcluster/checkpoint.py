@@ -11,7 +11,8 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled class
     optimizer, top_optimizer, scaler   state_dicts (scaler: {} without AMP on CUDA)
     epoch        number of finished epochs (the next epoch to run)
     rng          torch / CUDA / NumPy / Python global RNG states
-    assignments  (N,) int64 pseudo-labels of the last clustering
+    assignments  (N, levels) int64 pseudo-labels of the last clustering, one column per
+                 clustering level (k first; older files: (N,), one level)
     num_images   the dataset size the run used
 
 For evaluation: ``model, config = model_from_checkpoint(path)`` and
@@ -44,7 +45,12 @@ MODEL_KEYS = ("config", "model_spec", "model", "epoch", "assignments")
 MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size", "width"}
 # Settings added with a default other than the behaviour before them: a checkpoint that does not
 # name one ran with this value.
-EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True}
+EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1}
+
+
+def level_assignments(assignments: torch.Tensor) -> torch.Tensor:
+    """A checkpoint's ``assignments`` as (N, levels), the k clustering in column 0."""
+    return assignments.reshape(assignments.shape[0], -1)
 
 
 class CheckpointError(ValueError):

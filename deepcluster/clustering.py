@@ -6,6 +6,7 @@ reduce across ranks, and the labels come back gathered for the whole dataset.
 """
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +44,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cluster_features(features: torch.Tensor, k: int, *, pca_dim: int, niter: int, seed: int,
-                     pca_power: float = -0.5, nredo: int = 1, backend: str = "auto",
-                     process_group: Any = None) -> Clustering:
+def cluster_features(features: torch.Tensor, ks: Sequence[int], *, pca_dim: int, niter: int,
+                     seed: int, pca_power: float = -0.5, nredo: int = 1, backend: str = "auto",
+                     process_group: Any = None) -> list[Clustering]:
     """PCA-whiten ``features`` (N, d) to min(pca_dim, d) dims (eigenvalue power ``pca_power``,
-    -0.5 = whitening), L2-normalise each row, run k-means (the best of ``nredo`` starts).
+    -0.5 = whitening), L2-normalise each row, run k-means (the best of ``nredo`` starts) once
+    for each k of ``ks`` on those vectors, the first with ``seed``, level i with a seed derived
+    from it and i; ``time_pca`` of each is the shared PCA's.
 
     With a torch.distributed ``process_group``, ``features`` is this rank's contiguous shard
     (shards in rank order = the dataset) and the result is that of the whole dataset.
@@ -60,15 +63,19 @@ def cluster_features(features: torch.Tensor, k: int, *, pca_dim: int, niter: int
     whitened = pca.train(features).apply(features)
     _sync(device)
     time_pca = time.perf_counter() - start
-    start = time.perf_counter()
-    result = dc_kernels.kmeans(whitened, k, niter=niter, seed=seed, nredo=nredo, backend=backend,
-                               process_group=process_group)
-    labels = gather_labels(result.labels, process_group)
-    _sync(device)
-    time_kmeans = time.perf_counter() - start
-    sizes = torch.bincount(labels, minlength=k).cpu().numpy()
-    return Clustering(labels=labels, sizes=sizes, objective=float(result.inertia),
-                      empty_clusters=int((sizes == 0).sum()),
-                      nsplit=int(sum(row["nsplit"] for row in result.history)),
-                      time_pca=time_pca, time_kmeans=time_kmeans, backend=result.backend,
-                      seed=seed)
+    clusterings = []
+    for level, k in enumerate(ks):
+        start = time.perf_counter()
+        level_seed = seed if level == 0 else derived_seed(seed, level)
+        result = dc_kernels.kmeans(whitened, k, niter=niter, seed=level_seed, nredo=nredo,
+                                   backend=backend, process_group=process_group)
+        labels = gather_labels(result.labels, process_group)
+        _sync(device)
+        time_kmeans = time.perf_counter() - start
+        sizes = torch.bincount(labels, minlength=k).cpu().numpy()
+        clusterings.append(Clustering(
+            labels=labels, sizes=sizes, objective=float(result.inertia),
+            empty_clusters=int((sizes == 0).sum()),
+            nsplit=int(sum(row["nsplit"] for row in result.history)), time_pca=time_pca,
+            time_kmeans=time_kmeans, backend=result.backend, seed=level_seed))
+    return clusterings

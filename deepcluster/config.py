@@ -21,6 +21,7 @@ from dc_kernels.backends import NAMES as BACKENDS
 from .models import ARCHS
 
 DEVICES = ("auto", "cpu", "cuda")
+LEVEL_RATIO = 4  # each coarser clustering of --k-levels has 4 times fewer clusters
 FEATURES_ON = ("auto", "device", "host")
 NO_OUT = "none"  # --out none: write nothing
 SEED_LIMIT = 2**32  # NumPy's global seed must be below it
@@ -43,6 +44,7 @@ class Config:
     dropout: float = 0.0
     sobel: bool = True
     k: int = 100
+    k_levels: int = 3
     pca_dim: int = 256
     pca_power: float = -0.5
     kmeans_iters: int = 20
@@ -56,6 +58,7 @@ class Config:
     momentum: float = 0.9
     min_crop_scale: float = 0.0
     flip: bool = False
+    jitter: float = 0.8
     workers: int = -1
     check_images: bool = False
     log_every: float = 10.0
@@ -79,6 +82,7 @@ class Config:
             (self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None,
              f"device must be one of {DEVICES} or cuda:N, got {self.device!r}"),
             (self.k >= 2, f"k must be at least 2, got {self.k}"),
+            (self.k_levels >= 1, f"k_levels must be positive, got {self.k_levels}"),
             (self.pca_dim >= 1, f"pca_dim must be positive, got {self.pca_dim}"),
             (finite(self.pca_power) and -1 <= self.pca_power <= 1,
              f"pca_power must be in [-1, 1] (-0.5 whitens, 0 keeps the plain projection), "
@@ -97,6 +101,8 @@ class Config:
              f"width must be a positive number, got {self.width}"),
             (finite(self.dropout) and 0 <= self.dropout < 1,
              f"dropout must be in [0, 1), got {self.dropout}"),
+            (finite(self.jitter) and 0 <= self.jitter < 1,
+             f"jitter must be in [0, 1), got {self.jitter}"),
             (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
             (self.image_size == 0 or self.image_size >= 8,
              f"image_size must be 0 (auto) or at least 8, got {self.image_size}"),
@@ -117,6 +123,12 @@ class Config:
             if not ok:
                 raise ConfigError(message)
         return self
+
+    def cluster_ks(self) -> list[int]:
+        """The k of each clustering of an epoch: k, then k / 4, k / 16, ... (``k_levels`` of
+        them, rounded; levels below 2 clusters are left out)."""
+        coarser = [round(self.k / LEVEL_RATIO**i) for i in range(1, self.k_levels)]
+        return [self.k, *(k for k in coarser if k >= 2)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +153,11 @@ _HELP: dict[str, tuple[str, str | None]] = {
                 "README)", "0.5"),
     "sobel": ("fixed Sobel filtering in front of the network", None),
     "k": ("number of k-means clusters (pseudo-classes)", "10000"),
+    "k_levels": ("clusterings per epoch, of k, k/4, k/16, ... clusters (at least 2 each) on the "
+                 "same PCA features: one top layer each, the loss is their mean, images are "
+                 "sampled uniformly over the k clusters; coarser levels keep the groups of "
+                 "clusters apart that one level of k collapses to equidistant pseudo-classes "
+                 "(README)", "1"),
     "pca_dim": ("PCA-whitening output dimension before k-means", None),
     "pca_power": ("eigenvalue power of the PCA step: -0.5 whitens, 0 keeps the plain PCA "
                   "projection (better for small data and networks)", None),
@@ -158,6 +175,9 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "min_crop_scale": ("smallest area fraction of the random resized crop (0: auto, 0.08 for "
                        "network inputs of 128 px and more, 0.6 below, where an 8%% crop of an "
                        "upscaled small image keeps too few of its pixels)", "0.08"),
+    "jitter": ("brightness and contrast jitter in training: each factor drawn in [1 - j, "
+               "1 + j] (0: none); the network then cannot predict its clusters from an image's "
+               "brightness or contrast alone (README)", "0"),
     "flip": ("random horizontal flips in training (off by default: flip invariance merges "
              "what mirroring changes, such as digits and letters; README)", "on"),
     "workers": ("data-loader worker processes, persistent across passes (-1: 0 for in-memory "

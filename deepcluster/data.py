@@ -542,10 +542,12 @@ class TrainTransform:
     ``flip``, a horizontal flip of a uint8 image, drawn from a generator seeded by the caller.
     ``min_scale`` 0 picks ``default_min_crop_scale(image_size)``."""
 
-    def __init__(self, image_size: int, min_scale: float = 0.0, flip: bool = True):
+    def __init__(self, image_size: int, min_scale: float = 0.0, flip: bool = True,
+                 jitter: float = 0.0):
         self.image_size = image_size
         self.min_scale = min_scale or default_min_crop_scale(image_size)
         self.flip = flip
+        self.jitter = jitter
 
     def __call__(self, x: torch.Tensor, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -570,6 +572,9 @@ class TrainTransform:
         # Drawn either way: a run's crops do not depend on whether it flips.
         if torch.rand(1, generator=g).item() < 0.5 and self.flip:
             x = x.flip(-1)
+        if self.jitter > 0:
+            brightness, contrast = (1 + self.jitter * (2 * torch.rand(2, generator=g) - 1)).tolist()
+            x = TF.adjust_contrast(TF.adjust_brightness(x, brightness), contrast)
         return x
 
 
@@ -583,10 +588,10 @@ class ImageDataset(Dataset):
     """
 
     def __init__(self, images: ImageSet, image_size: int, min_scale: float = 0.0,
-                 flip: bool = True):
+                 flip: bool = True, jitter: float = 0.0):
         self.images = images
         self.eval_transform = eval_transform(image_size)
-        self.train_transform = TrainTransform(image_size, min_scale, flip)
+        self.train_transform = TrainTransform(image_size, min_scale, flip, jitter)
 
     def __len__(self) -> int:
         return len(self.images)

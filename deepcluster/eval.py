@@ -39,7 +39,13 @@ import torch
 
 from . import data as dc_data
 from . import eval_tasks, plots, rundir
-from .checkpoint import MODEL_KEYS, CheckpointError, load_checkpoint, model_from_checkpoint
+from .checkpoint import (
+    MODEL_KEYS,
+    CheckpointError,
+    level_assignments,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from .config import BACKENDS, SEED_LIMIT, ConfigError, resolve_device
 from .data import DataError, ImageSet, load_images
 from .eval_features import (
@@ -460,7 +466,8 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
                                                       out_dir / "nmi_curves.png"))
         else:
             print(f"no {metrics_file}: no NMI curves", flush=True)
-        sizes = torch.bincount(state["assignments"].long(), minlength=config.k)
+        sizes = torch.bincount(level_assignments(state["assignments"])[:, 0].long(),
+                               minlength=config.k)
         report.files.append(plots.plot_cluster_sizes(sizes, out_dir / "cluster_sizes.png"))
     md = out_dir / "results.md"
     rundir.write_text_atomic(md, f"Checkpoint `{checkpoint}` (epoch {state['epoch']}); "

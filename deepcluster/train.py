@@ -41,6 +41,7 @@ from . import distributed, metrics, rundir
 from .checkpoint import (
     CheckpointError,
     check_compatible,
+    level_assignments,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -108,6 +109,13 @@ def reset_top_layer(model: DeepClusterNet, k: int, seed: int, device: torch.devi
         layer.bias.zero_()
     model.top_layer = layer.to(device)
     return model.top_layer
+
+
+def level_loss(logits: torch.Tensor, targets: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """The mean over the clustering levels of the cross-entropy of each level's logits (the
+    top layer's outputs, split by ``ks``) against its pseudo-labels (``targets``, (B, levels))."""
+    levels = logits.split(ks, dim=1)
+    return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(levels)) / len(ks)
 
 
 def _feature_buffer(n: int, dim: int, device: torch.device, where: str) -> torch.Tensor:
@@ -367,7 +375,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     if checkpoint is not None and checkpoint["num_images"] != n:
         raise CheckpointError(f"checkpoint has {checkpoint['num_images']} images, the data "
                                   f"now has {n}: resume on the same data")
-    model_spec = {"arch": config.arch, "num_clusters": config.k, "sobel": config.sobel,
+    ks = config.cluster_ks()
+    model_spec = {"arch": config.arch, "num_clusters": sum(ks), "sobel": config.sobel,
                   "in_channels": images.channels, "image_size": image_size,
                   "width": config.width, "dropout": config.dropout}
     try:
@@ -383,14 +392,16 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     top_optimizer = torch.optim.SGD(model.top_layer.parameters(), lr=config.lr,
                                     weight_decay=config.wd)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    start_epoch, assignments, records = 0, None, []
+    start_epoch, assignments, targets, records = 0, None, None, []
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         top_optimizer.load_state_dict(checkpoint["top_optimizer"])
         if checkpoint["scaler"]:
             scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch, assignments = checkpoint["epoch"], checkpoint["assignments"].to(device)
+        start_epoch = checkpoint["epoch"]
+        targets = level_assignments(checkpoint["assignments"]).to(device)
+        assignments = targets[:, 0]
         records = rundir.read_metrics(out / "metrics.jsonl")
         # Records of an epoch the kill interrupted after its record but before its checkpoint.
         records = [r for r in records if r["epoch"] < start_epoch]
@@ -416,7 +427,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
         else "no labels"
     print0(f"data {images.name}: {n} images, {labels_info}, {images.channels} channel(s) -> "
            f"{image_size}px | {config.arch} (width {config.width}, sobel {config.sobel}) "
-           f"feature dim {model.feature_dim} | k {config.k} | device {device} | "
+           f"feature dim {model.feature_dim} | k {'/'.join(map(str, ks))} | device {device} | "
            f"epochs {start_epoch}..{config.epochs - 1}", flush=True)
     print0(f"{world} process(es) | batch size {config.batch_size} per process, "
            f"{config.batch_size * world} global | lr {config.lr} in every process, for the "
@@ -426,8 +437,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     # Each rank embeds its contiguous shard of the images: every image exactly once.
     shard = distributed.shard_range(n, rank, world)
     items = _PassItems()
-    loader = _loader(ImageDataset(images, image_size, config.min_crop_scale, config.flip), config,
-                     workers, device, items)
+    loader = _loader(ImageDataset(images, image_size, config.min_crop_scale, config.flip,
+                                  config.jitter), config, workers, device, items)
     unreadable = _listed_unreadable(out)  # image files found unreadable so far
     sizes = None if assignments is None else np.bincount(assignments.cpu().numpy(),
                                                          minlength=config.k)
@@ -449,11 +460,12 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
                 # them (triton and cuda stream them to the GPU), not the one for CPU data.
                 backend = next((name for name in auto_order(device)
                                 if not unavailable_reason(name, features.device)), "auto")
-            clustering = cluster_features(
-                features, config.k, pca_dim=config.pca_dim, pca_power=config.pca_power,
+            clusterings = cluster_features(
+                features, ks, pca_dim=config.pca_dim, pca_power=config.pca_power,
                 niter=config.kmeans_iters, nredo=config.kmeans_redo,
                 seed=derived_seed(config.seed, epoch, SEED_KMEANS),
                 backend=backend, process_group=distributed.group())
+            clustering = clusterings[0]  # the k clusters: sampler, statistics, NMI
             local_labels = (None if images.labels is None
                             else images.labels[shard.start:shard.stop])
             record["knn_labels"] = knn_monitor(features, local_labels,
@@ -461,18 +473,21 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
             del features
             nmi_prev = None if assignments is None else metrics.nmi(assignments.cpu(),
                                                                     clustering.labels.cpu())
-            assignments, sizes = clustering.labels.to(device), clustering.sizes
+            targets = torch.stack([c.labels for c in clusterings], dim=1).to(device)
+            assignments, sizes = targets[:, 0], clustering.sizes
             nmi_labels, acc_labels = _label_scores(images.labels, assignments)
             record.update(
-                time_pca=clustering.time_pca, time_kmeans=clustering.time_kmeans,
+                time_pca=clustering.time_pca,
+                time_kmeans=sum(c.time_kmeans for c in clusterings),
                 kmeans_obj=clustering.objective, empty_clusters=clustering.empty_clusters,
                 nsplit=clustering.nsplit, size_min=int(sizes.min()),
                 size_median=float(np.median(sizes)), size_max=int(sizes.max()),
                 nmi_prev=nmi_prev, nmi_labels=nmi_labels, acc_labels=acc_labels,
                 kmeans_seed=clustering.seed, kmeans_backend=clustering.backend)
-            # New pseudo-classes: a new top layer with its own momentum-free SGD.
-            top = reset_top_layer(model, config.k, derived_seed(config.seed, epoch,
-                                                                SEED_TOP_LAYER), device)
+            # New pseudo-classes: a new top layer with its own momentum-free SGD (one layer
+            # whose outputs are every level's logits, k first).
+            top = reset_top_layer(model, sum(ks), derived_seed(config.seed, epoch,
+                                                               SEED_TOP_LAYER), device)
             top_optimizer = torch.optim.SGD(top.parameters(), lr=config.lr,
                                             weight_decay=config.wd)
 
@@ -486,10 +501,10 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
         loss = _LossMeter(device, epoch)
         for x, index, was_replaced in loader:
             x = normalize(x.to(device, non_blocking=True))
-            y = assignments[index.to(device, non_blocking=True)]
+            y = targets[index.to(device, non_blocking=True)]
             found += index[was_replaced].tolist()
             with _autocast(device, config.amp):
-                batch_loss = F.cross_entropy(net(x), y)
+                batch_loss = level_loss(net(x), y, ks)
             optimizer.zero_grad(set_to_none=True)
             top_optimizer.zero_grad(set_to_none=True)
             scaler.scale(batch_loss).backward()
@@ -521,7 +536,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
                 "config": config.to_dict(), "model_spec": model_spec,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "top_optimizer": top_optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "rng": rng_state(), "assignments": assignments.cpu(),
+                "epoch": epoch + 1, "rng": rng_state(), "assignments": targets.cpu(),
                 "num_images": n}, out / "checkpoint.pt")
         distributed.barrier()  # no rank starts the next epoch before the checkpoint is written
 

@@ -1,7 +1,6 @@
 """deepcluster-train end to end on tiny data: outputs, config precedence, bad inputs."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,9 +61,10 @@ def test_two_epochs_on_an_image_folder(tmp_path, capsys):
     assert checkpoint["config"]["data"] == str(data)
     # The logged scores are those of the checkpoint's assignments against the folder labels.
     labels = np.repeat([0, 1], 6)
-    assert records[1]["nmi_labels"] == pytest.approx(metrics.nmi(labels,
-                                                                 checkpoint["assignments"]))
-    assert np.bincount(checkpoint["assignments"], minlength=3).max() == records[1]["size_max"]
+    assert checkpoint["assignments"].shape == (12, 1)  # k 3: no coarser level of 2 or more
+    assigned = checkpoint["assignments"][:, 0]
+    assert records[1]["nmi_labels"] == pytest.approx(metrics.nmi(labels, assigned))
+    assert np.bincount(assigned, minlength=3).max() == records[1]["size_max"]
     assert yaml.safe_load((out / "config.yaml").read_text()) == checkpoint["config"]
     for name in ("nmi.png", "cluster_sizes.png", "conv1_filters.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -76,6 +76,23 @@ def test_two_epochs_on_an_image_folder(tmp_path, capsys):
     assert all(not s for s in checkpoint["top_optimizer"]["state"].values())
     body_state = checkpoint["optimizer"]["state"]
     assert body_state and all("momentum_buffer" in s for s in body_state.values())
+
+
+def test_coarser_levels_train_one_top_layer_of_every_levels_outputs(tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--k", "3")]
+    assert main(["--data", "digits", "--max-images", "60", "--epochs", "1", "--out", str(out),
+                 "--k", "8", "--k-levels", "2", *args]) == 0
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["model_spec"]["num_clusters"] == 8 + 2
+    assert checkpoint["model"]["top_layer.weight"].shape[0] == 10
+    levels = checkpoint["assignments"]
+    assert levels.shape == (60, 2) and int(levels[:, 0].max()) < 8 and int(levels[:, 1].max()) < 2
+    record = json.loads((out / "metrics.jsonl").read_text())
+    # The epoch's statistics are those of the k clustering (column 0).
+    assert record["size_max"] == int(np.bincount(levels[:, 0], minlength=8).max())
+    model, config = model_from_checkpoint(out / "checkpoint.pt")
+    assert config.cluster_ks() == [8, 2] and model.top_layer.out_features == 10
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -96,18 +113,13 @@ def test_config_file_and_overrides(tmp_path):
     assert (config.dropout, config.flip) == (0.5, True)
     for text, message in (("kk: 3\n", "unknown setting 'kk'"), ("k: three\n", "k must be int"),
                           ("dropout: 1.0\n", "dropout must be in"),
+                          ("jitter: -0.1\n", "jitter must be in"),
                           ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
                           ("kmeans_redo: 0\n", "kmeans_redo must be positive"),
                           ("- 1\n", "table of settings"), ("k: [\n", "not valid yaml")):
         yml.write_text(text)
         with pytest.raises(ConfigError, match=message):
             parse_config(["--config", str(yml)])
-    # The shipped recipe is the command line the README reports.
-    shipped = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist.toml"
-    assert parse_config(["--config", str(shipped)]) == parse_config(
-        "--data fashion-mnist --max-images 10000 --epochs 60 --reassign 2 --width 0.25 "
-        "--batch-size 64 --min-crop-scale 0.08 --k 10 --pca-dim 64 --pca-power 0 --no-sobel "
-        "--kmeans-redo 10".split())
     (tmp_path / "run.json").write_text("{}")
     with pytest.raises(ConfigError, match="must end in"):
         parse_config(["--config", str(tmp_path / "run.json")])

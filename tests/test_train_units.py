@@ -238,6 +238,21 @@ def test_train_transform_without_flip_crops_the_same_and_never_mirrors():
     assert 5 < mirrored < 35  # about half of the seeds mirror when flipping is on
 
 
+def test_jitter_scales_brightness_and_contrast_within_its_range():
+    x = torch.randint(40, 200, (1, 16, 16), dtype=torch.uint8)
+    plain = data.TrainTransform(16, min_scale=1.0, flip=False)
+    jittered = data.TrainTransform(16, min_scale=1.0, flip=False, jitter=0.5)
+    means = []
+    for seed in range(30):
+        a, b = plain(x, seed).float(), jittered(x, seed).float()
+        assert torch.equal(jittered(x, seed), jittered(x, seed))
+        means.append(b.mean() / a.mean())
+        # The brightness factor scales the mean by at most 1 +- 0.5 (contrast keeps it, up to
+        # uint8 rounding and clipping at 255).
+        assert 0.45 < means[-1] < 1.55
+    assert max(means) > 1.15 and min(means) < 0.85
+
+
 class _Evil:
     def __init__(self, path):
         self.path = path
@@ -270,17 +285,18 @@ def test_checkpoint_without_a_newer_setting_resumes_as_its_default():
         check_compatible(old, Config(k=7, kmeans_redo=3), "old.pt")
 
 
-def test_checkpoint_before_dropout_and_flip_resumes_as_it_ran():
-    # Those settings came with defaults (0, off) that differ from how runs behaved before
-    # them (0.5, flips): an older checkpoint resumes only with the behaviour it had.
+def test_checkpoint_before_dropout_flip_jitter_levels_resumes_as_it_ran():
+    # Those settings came with defaults (no dropout, no flip, jitter, 3 levels) that differ
+    # from how runs behaved before them: an older checkpoint resumes only with the behaviour
+    # it had.
     from deepcluster.checkpoint import check_compatible
     from deepcluster.config import Config
     old = Config(k=7).to_dict()
-    del old["dropout"], old["flip"]
+    del old["dropout"], old["flip"], old["jitter"], old["k_levels"]
     with pytest.raises(CheckpointError, match="dropout: checkpoint 0.5, now 0.0") as error:
         check_compatible(old, Config(k=7), "old.pt")
     assert "flip: checkpoint True, now False" in str(error.value)
-    check_compatible(old, Config(k=7, dropout=0.5, flip=True), "old.pt")
+    check_compatible(old, Config(k=7, dropout=0.5, flip=True, jitter=0.0, k_levels=1), "old.pt")
 
 
 def test_rng_state_roundtrip_through_weights_only(tmp_path):
@@ -305,8 +321,9 @@ def test_clustering_step_matches_an_independent_pca():
     truth = np.repeat([0, 1, 2], [40, 25, 35])
     x = centers[truth] + rng.normal(size=(100, 12))
     for power, nredo in ((-0.5, 1), (0.0, 3)):
-        got = cluster_features(torch.tensor(x, dtype=torch.float32), 3, pca_dim=4, niter=10,
-                               seed=7, pca_power=power, nredo=nredo, backend="torch")
+        got, coarse = cluster_features(torch.tensor(x, dtype=torch.float32), [3, 2], pca_dim=4,
+                                       niter=10, seed=7, pca_power=power, nredo=nredo,
+                                       backend="torch")
         # Reference: float64 NumPy PCA (eigh of the population covariance), eigenvalue power,
         # row L2 normalisation, then the same k-means.
         centred = x - x.mean(0)
@@ -318,6 +335,10 @@ def test_clustering_step_matches_an_independent_pca():
                                 nredo=nredo, backend="torch")
         assert torch.equal(got.labels, ref.labels)
         assert got.objective == pytest.approx(float(ref.inertia), rel=1e-4)
+        # A coarser level clusters the same vectors, from its own seed.
+        ref2 = dc_kernels.kmeans(torch.tensor(y, dtype=torch.float32), 2, niter=10,
+                                 seed=derived_seed(7, 1), nredo=nredo, backend="torch")
+        assert coarse.seed == derived_seed(7, 1) and torch.equal(coarse.labels, ref2.labels)
         assert got.sizes.tolist() == np.bincount(ref.labels.numpy(), minlength=3).tolist()
         assert got.empty_clusters == 0 and got.seed == 7
     assert derived_seed(1, 2, 0) == derived_seed(1, 2, 0) != derived_seed(1, 3, 0)
@@ -349,3 +370,28 @@ def test_knn_monitor_against_a_float64_brute_force():
     assert knn_monitor(features.float(), labels, seed=7) == got  # the same slice every epoch
     assert knn_monitor(features.float(), None, seed=7) is None
     assert knn_monitor(features.float(), np.full(600, -1), seed=7) is None
+
+
+def test_cluster_levels_divide_k_by_four():
+    from deepcluster.config import Config
+    assert Config(k=100, k_levels=3).cluster_ks() == [100, 25, 6]
+    assert Config(k=10000, k_levels=1).cluster_ks() == [10000]
+    # Levels under 2 clusters are left out: k 10 keeps 10 and 2 (10 / 16 rounds to 1).
+    assert Config(k=10, k_levels=3).cluster_ks() == [10, 2]
+
+
+def test_level_loss_is_the_mean_of_each_levels_cross_entropy():
+    from deepcluster.train import level_loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 7 + 3, generator=g, dtype=torch.float64)
+    targets = torch.stack([torch.randint(0, 7, (6,), generator=g),
+                           torch.randint(0, 3, (6,), generator=g)], dim=1)
+    # Reference: -log softmax of each level's slice at its target, averaged over samples,
+    # then over levels.
+    def nll(z, y):
+        z = z - z.max(dim=1, keepdim=True).values
+        return float((z.exp().sum(1).log() - z[torch.arange(len(y)), y]).mean())
+    expected = (nll(logits[:, :7], targets[:, 0]) + nll(logits[:, 7:], targets[:, 1])) / 2
+    assert float(level_loss(logits, targets, [7, 3])) == pytest.approx(expected, rel=1e-12)
+    assert float(level_loss(logits[:, :7], targets[:, :1], [7])) == \
+        pytest.approx(nll(logits[:, :7], targets[:, 0]), rel=1e-12)
