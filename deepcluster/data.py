@@ -538,9 +538,10 @@ def default_min_crop_scale(image_size: int) -> float:
 
 
 class TrainTransform:
-    """Random resized crop (scale in [min_scale, 1], aspect ratio in [3/4, 4/3]) and, with
-    ``flip``, a horizontal flip of a uint8 image, drawn from a generator seeded by the caller.
-    ``min_scale`` 0 picks ``default_min_crop_scale(image_size)``."""
+    """Random resized crop (scale in [min_scale, 1], aspect ratio in [3/4, 4/3]), with ``flip`` a
+    horizontal flip, and with ``jitter`` > 0 brightness then contrast factors in [1 - jitter,
+    1 + jitter], of a uint8 image, drawn from a generator seeded by the caller. ``min_scale`` 0
+    picks ``default_min_crop_scale(image_size)``."""
 
     def __init__(self, image_size: int, min_scale: float = 0.0, flip: bool = True,
                  jitter: float = 0.0):

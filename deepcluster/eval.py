@@ -259,7 +259,8 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
     clustering of the embedding for the pictures.
 
     Clustering (k = the number of classes; the embedding also at the run's k), kNN and the
-    linear probe score the embedding and each conv layer, then the best conv layer per metric.
+    linear probe score the embedding and each conv layer, then again at the best conv layer
+    (the highest linear probe).
     """
     device = opts["device"]
     train_layers, test_layers = _layers_needed(tasks, model, opts["layer"], pictures)

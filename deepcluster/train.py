@@ -1,8 +1,10 @@
 """deepcluster-train: DeepCluster (Caron et al., ECCV 2018), one file, top to bottom.
 
 Each epoch: features of every image (eval mode, center crop) -> PCA-whitening + L2 -> k-means
--> pseudo-labels -> a fresh top layer -> one pass of SGD over images sampled uniformly across
-pseudo-labels (random resized crop + flip). ``deepcluster-train --help`` lists the settings.
+(k clusters, then the coarser levels of --k-levels on the same vectors) -> pseudo-labels -> a
+fresh top layer (every level's logits) -> one pass of SGD on the mean of the levels'
+cross-entropies over images sampled uniformly across the k pseudo-labels (random resized crop,
+brightness/contrast jitter, flips when asked). ``deepcluster-train --help`` lists the settings.
 
 Reproducibility: every random choice comes from an explicit seed derived from the run seed and
 the epoch (k-means, sampler, augmentation, top layer, loaders), and the process-wide RNGs
