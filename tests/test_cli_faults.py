@@ -333,8 +333,11 @@ def test_disk_full_while_resuming_leaves_config_and_checkpoint(finished_run, tmp
 def test_ctrl_c_keeps_the_checkpoint_and_prints_the_resume_command(data, tmp_path):
     out = tmp_path / "run"
     args = [*data, *TINY, "--epochs", "50", "--out", str(out)]
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT:
+    # the trainer gets the default disposition back, as in a terminal, whoever runs pytest.
     proc = subprocess.Popen([sys.executable, "-m", "deepcluster.train", *args], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(out / "checkpoint.pt", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
