@@ -225,9 +225,10 @@ def _layers_needed(tasks: Sequence[str], model: DeepClusterNet, layer: str,
     return sorted(train), sorted(test)
 
 
-def _cluster_ks(labels: torch.Tensor, run_k: int, n: int) -> list[int]:
+def _cluster_ks(labels: torch.Tensor, run_k: int | None, n: int) -> list[int]:
+    """k = the number of classes, and the run's k when given, each in [2, n]."""
     classes = int(torch.unique(labels[labels >= 0]).numel())
-    return sorted({k for k in (classes, run_k) if 2 <= k <= n})
+    return sorted({k for k in (classes, run_k or 0) if 2 <= k <= n})
 
 
 class _BestConv:
@@ -286,24 +287,24 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
     scored = [EMBED, *(layer for layer, _ in conv_layers(model))]
     best = _BestConv()
 
-    if "cluster" in tasks or pictures:
-        classes_k = _cluster_ks(train_y, 0, len(splits.train))
-        for layer in scored if "cluster" in tasks else [EMBED]:
-            ks = [] if "cluster" not in tasks else (
-                _cluster_ks(train_y, run_k, len(splits.train)) if layer == EMBED else classes_k)
-            if pictures and layer == EMBED and run_k not in ks and run_k <= len(splits.train):
-                ks.append(run_k)
-            for k in ks:
-                result = eval_tasks.cluster(train_f[layer], train_y, k, pca_dim=opts["pca_dim"],
-                                            eigen_power=opts["pca_power"], seed=opts["seed"],
-                                            backend=opts["kmeans_backend"])
-                if "cluster" in tasks:
-                    for field_name, metric in CLUSTER_METRICS.items():
-                        value = getattr(result, field_name)
-                        report.add("cluster", f"{layer} k={k} {metric}", name, value)
-                        best.add(layer, "cluster", f"k={k} {metric}", value)
-                if layer == EMBED and k == run_k:
-                    run_clustering = result
+    n = len(splits.train)
+    jobs: list[tuple[str, int]] = []  # (layer, k) clusterings to run
+    if "cluster" in tasks:
+        jobs += [(EMBED, k) for k in _cluster_ks(train_y, run_k, n)]
+        jobs += [(layer, k) for layer in scored[1:] for k in _cluster_ks(train_y, None, n)]
+    if pictures and run_k <= n and (EMBED, run_k) not in jobs:
+        jobs.append((EMBED, run_k))
+    for layer, k in jobs:
+        result = eval_tasks.cluster(train_f[layer], train_y, k, pca_dim=opts["pca_dim"],
+                                    eigen_power=opts["pca_power"], seed=opts["seed"],
+                                    backend=opts["kmeans_backend"])
+        if "cluster" in tasks:
+            for field_name, metric in CLUSTER_METRICS.items():
+                value = getattr(result, field_name)
+                report.add("cluster", f"{layer} k={k} {metric}", name, value)
+                best.add(layer, "cluster", f"k={k} {metric}", value)
+        if layer == EMBED and k == run_k:
+            run_clustering = result
     if "linear" in tasks and has_test_labels:
         for layer in scored:
             acc = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
