@@ -4,9 +4,10 @@
         [--baseline random|none] [--out DIR]
 
 Tasks (all on frozen features, computed with torch and dc_kernels on the chosen device):
-- cluster: the run's clustering step (PCA to its --pca-dim with its eigenvalue power, L2,
-  k-means) on the train split, with k = the number of classes (the embedding also with the
-  run's k); NMI, adjusted Rand index, Hungarian accuracy, purity.
+- cluster: k-means on the train split, k = the number of classes, after PCA to the run's
+  --pca-dim (plain projection, no whitening) and L2; the embedding also after the run's own
+  clustering step (its eigenvalue power, "whitened" rows), with k = the classes and the run's k.
+  NMI, adjusted Rand index, Hungarian accuracy, purity.
 - linear: a linear classifier (conv activations average-pooled to at most --pool-dim dims, as
   in the paper's Table 1), trained on the train split, top-1 on the test split.
 - knn: weighted kNN top-1 (cosine, k = 20 and 200) of the test split among the train split.
@@ -288,22 +289,30 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
     best = _BestConv()
 
     n = len(splits.train)
-    jobs: list[tuple[str, int]] = []  # (layer, k) clusterings to run
+    class_ks = _cluster_ks(train_y, None, n)
+    run_power = opts["pca_power"]
+    # (layer, k, eigenvalue power) of each clustering. Into the classes, every layer is
+    # clustered after plain PCA (power 0): whitening gives all --pca-dim directions the same
+    # weight, which serves the run's over-clustering but lets many weak directions outvote the
+    # few that separate a handful of classes. The embedding is also clustered exactly as the
+    # run did (its power: "whitened" rows), at k = classes and at the run's k.
+    jobs: list[tuple[str, int, float]] = []
     if "cluster" in tasks:
-        jobs += [(EMBED, k) for k in _cluster_ks(train_y, run_k, n)]
-        jobs += [(layer, k) for layer in scored[1:] for k in _cluster_ks(train_y, None, n)]
-    if pictures and run_k <= n and (EMBED, run_k) not in jobs:
-        jobs.append((EMBED, run_k))
-    for layer, k in jobs:
+        jobs += [(layer, k, 0.0) for layer in scored for k in class_ks]
+        jobs += [(EMBED, k, run_power) for k in _cluster_ks(train_y, run_k, n)]
+    if pictures and run_k <= n:
+        jobs.append((EMBED, run_k, run_power))
+    for layer, k, power in dict.fromkeys(jobs):  # in order, each once
         result = eval_tasks.cluster(train_f[layer], train_y, k, pca_dim=opts["pca_dim"],
-                                    eigen_power=opts["pca_power"], seed=opts["seed"],
+                                    eigen_power=power, seed=opts["seed"],
                                     backend=opts["kmeans_backend"])
         if "cluster" in tasks:
+            clustering = f"k={k}" + (" whitened" if power != 0 else "")
             for field_name, metric in CLUSTER_METRICS.items():
                 value = getattr(result, field_name)
-                report.add("cluster", f"{layer} k={k} {metric}", name, value)
-                best.add(layer, "cluster", f"k={k} {metric}", value)
-        if layer == EMBED and k == run_k:
+                report.add("cluster", f"{layer} {clustering} {metric}", name, value)
+                best.add(layer, "cluster", f"{clustering} {metric}", value)
+        if layer == EMBED and k == run_k and power == run_power:
             run_clustering = result
     if "linear" in tasks and has_test_labels:
         for layer in scored:

@@ -195,8 +195,8 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     assert status == 0
     printed = capsys.readouterr().out
     table = (out / "results.md").read_text()
-    for row in ("k=10 NMI", "k=8 purity", "conv1", "conv5", "k=20 top-1 %", "k=200 top-1 %",
-                "mAP %"):
+    for row in ("k=10 NMI", "k=10 whitened NMI", "k=8 whitened purity", "conv1", "conv5",
+                "k=20 top-1 %", "k=200 top-1 %", "mAP %"):
         assert row in table and row in printed
     assert "| task | metric | learned | random | learned - random |" in table
     rows = {(r["task"], r["metric"]): r for r in
@@ -248,6 +248,17 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
             direct = extract_features(model, images, image_size=32, in_channels=1,
                                       layers=["embed"], device=torch.device("cpu"))["embed"]
             np.testing.assert_allclose(saved["features"], direct.numpy(), rtol=1e-5, atol=1e-6)
+            if split == "train":
+                train_embed = torch.from_numpy(saved["features"])
+    # Into the 10 classes the embedding is clustered after plain PCA, and also as the run
+    # clusters (its eigenvalue power, -0.5: "whitened"), which alone is run at the run's k.
+    labels = torch.from_numpy(splits.train.labels)
+    for metric, k, power in (("k=10 NMI", 10, 0.0), ("k=10 whitened NMI", 10, -0.5),
+                             ("k=8 whitened NMI", 8, -0.5)):
+        expected = eval_tasks.cluster(train_embed, labels, k, eigen_power=power).nmi
+        assert rows[("cluster", f"embed {metric}")]["learned"] == pytest.approx(expected)
+    assert ("cluster", "embed k=8 NMI") not in rows
+    assert not any("whitened" in metric for _, metric in rows if not metric.startswith("embed"))
 
 
 def test_splits_are_disjoint_and_fixed_by_the_seed() -> None:
