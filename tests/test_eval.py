@@ -173,7 +173,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     run = tmp_path_factory.mktemp("run")
     spec = {"arch": "alexnet", "num_clusters": 8, "sobel": True, "in_channels": 1,
             "image_size": 32, "width": 0.05}
-    config = Config(data="digits", k=8, width=0.05, epochs=2, out=str(run))
+    config = Config(data="digits", k=8, width=0.05, pca_dim=32, epochs=2, out=str(run))
     model = _tiny_model()
     assignments = torch.from_numpy(np.random.default_rng(0).integers(0, 8, 1797))
     save_checkpoint({"config": config.to_dict(), "model_spec": spec, "model": model.state_dict(),
@@ -255,7 +255,7 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     labels = torch.from_numpy(splits.train.labels)
     for metric, k, power in (("k=10 NMI", 10, 0.0), ("k=10 whitened NMI", 10, -0.5),
                              ("k=8 whitened NMI", 8, -0.5)):
-        expected = eval_tasks.cluster(train_embed, labels, k, eigen_power=power).nmi
+        expected = eval_tasks.cluster(train_embed, labels, k, pca_dim=32, eigen_power=power).nmi
         assert rows[("cluster", f"embed {metric}")]["learned"] == pytest.approx(expected)
     assert ("cluster", "embed k=8 NMI") not in rows
     assert not any("whitened" in metric for _, metric in rows if not metric.startswith("embed"))
