@@ -71,8 +71,8 @@ from .sampler import UniformLabelSampler
 
 # Purposes of the seeds derived from (run seed, epoch, purpose).
 SEED_KMEANS, SEED_SAMPLER, SEED_TOP_LAYER, SEED_LOADER, SEED_SUBSET, SEED_RANK, SEED_KNN = range(7)
-# The per-epoch kNN monitor: this many images (at most a fifth of them) are classified by their
-# 20 nearest neighbours among at most KNN_BANK others, with the images' labels.
+# The kNN monitor of each clustering epoch: this many images (at most a fifth of them) are
+# classified by their 20 nearest neighbours among at most KNN_BANK others, with their labels.
 KNN_QUERIES, KNN_BANK = 1000, 10000
 
 
@@ -286,10 +286,10 @@ def _new_unreadable(found: list[int], known: set[str], images: ImageSet, epoch: 
 
 
 def knn_monitor(features: torch.Tensor, labels: np.ndarray | None, seed: int) -> float | None:
-    """kNN-20 top-1 (%, cosine) of a fixed slice of the images against others, from this epoch's
-    features: a cheap per-epoch signal that the features keep (or lose, when they collapse onto
-    the pseudo-classes) the structure the labels have; None without labels. The labels are only
-    read here, never trained on; the same ``seed`` keeps the same slice every epoch."""
+    """kNN-20 top-1 (%, cosine) of a fixed slice of the images against others, from the features
+    of a clustering epoch: a cheap signal that the features keep (or lose, when they collapse
+    onto the pseudo-classes) the structure the labels have; None without labels. The labels are
+    only read here, never trained on; the same ``seed`` keeps the same slice every epoch."""
     if labels is None or len(labels) < 10:
         return None
     order = np.random.default_rng(seed).permutation(len(labels))

@@ -121,7 +121,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 96 digits: 48 per rank, 3 steps of 16 per rank and epoch (a single process takes 6).
 ARGS = ["--data", "digits", "--max-images", "96", "--image-size", "16", "--width", "0.125",
         "--k", "4", "--pca-dim", "8", "--kmeans-iters", "5", "--batch-size", "16",
-        "--workers", "0", "--seed", "5", "--device", "cpu", "--log-every", "0"]  # every step
+        "--workers", "0", "--seed", "5", "--device", "cpu", "--log-every", "0",  # every step
+        "--reassign", "1"]
 CLUSTERING = ("kmeans_seed", "empty_clusters", "size_min", "size_median", "size_max",
               "nmi_labels", "acc_labels")
 TIMINGS = {"time_features", "time_pca", "time_kmeans", "time_train"}

@@ -15,7 +15,7 @@ from deepcluster.train import main
 
 # A network and a clustering small enough for a CPU test.
 TINY = ["--image-size", "16", "--width", "0.125", "--k", "3", "--pca-dim", "8",
-        "--kmeans-iters", "5", "--batch-size", "8", "--workers", "0"]
+        "--kmeans-iters", "5", "--batch-size", "8", "--workers", "0", "--reassign", "1"]
 KEYS = {"epoch", "loss", "time_features", "time_pca", "time_kmeans", "time_train",
         "kmeans_obj", "empty_clusters", "nsplit", "size_min", "size_median", "size_max",
         "nmi_prev", "nmi_labels", "acc_labels", "knn_labels", "kmeans_seed", "kmeans_backend"}
@@ -93,6 +93,25 @@ def test_coarser_levels_train_one_top_layer_of_every_levels_outputs(tmp_path):
     assert record["size_max"] == int(np.bincount(levels[:, 0], minlength=8).max())
     model, config = model_from_checkpoint(out / "checkpoint.pt")
     assert config.cluster_ks() == [8, 2] and model.top_layer.out_features == 10
+
+
+def test_reassign_2_clusters_every_second_epoch(tmp_path):
+    args = ["--data", "digits", "--max-images", "60", *TINY, "--reassign", "2"]
+    assert main([*args, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--epochs", "3", "--out", str(tmp_path / "three")]) == 0
+    records = [json.loads(line)
+               for line in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    # Epochs 0 and 2 cluster (and read the kNN monitor); epoch 1 trains on epoch 0's labels.
+    assert KEYS <= set(records[0]) and KEYS <= set(records[2])
+    assert {"loss", "time_train"} <= set(records[1])
+    assert not {"time_features", "kmeans_seed", "nmi_labels", "knn_labels"} & set(records[1])
+    first = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["assignments"]
+    assert first.shape[0] == 60
+    # The same run stopped after epoch 1 (no clustering in it) holds epoch 0's assignments.
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "two")]) == 0
+    torch.testing.assert_close(load_checkpoint(tmp_path / "two" / "checkpoint.pt")["assignments"],
+                               first)
 
 
 def test_config_file_and_overrides(tmp_path):
