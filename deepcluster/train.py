@@ -316,19 +316,20 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def _summary(r: dict[str, Any], n: int) -> str:
-    """The epoch's log line (``n`` images); '-' where a value does not apply (no clustering,
-    no labels)."""
-    features_rate = n / r["time_features"] if "time_features" in r else None
-    return (f"epoch {r['epoch']} | loss {r['loss']:.4f} | features "
-            f"{_fmt(r.get('time_features'), '.1f')}s ({_fmt(features_rate, '.0f')} "
-            f"img/s) pca {_fmt(r.get('time_pca'), '.2f')}s "
-            f"kmeans {_fmt(r.get('time_kmeans'), '.2f')}s obj {_fmt(r.get('kmeans_obj'), '.1f')} "
-            f"empty {r.get('empty_clusters', '-')} splits {r.get('nsplit', '-')} | sizes "
-            f"{r.get('size_min', '-')}/{_fmt(r.get('size_median'), 'g')}/{r.get('size_max', '-')}"
-            f" | NMI(t-1,t) {_fmt(r.get('nmi_prev'))} | NMI labels {_fmt(r.get('nmi_labels'))} "
-            f"acc {_fmt(r.get('acc_labels'))} kNN {_fmt(r.get('knn_labels'), '.1f')} | train "
-            f"{r['time_train']:.1f}s "
-            f"({n / r['time_train']:.0f} img/s)"
+    """The epoch's log line (``n`` images); '-' where a value does not apply (no labels). An
+    epoch that does not cluster (``--reassign`` > 1) says so instead of the clustering fields."""
+    if "time_features" in r:
+        clustering = (
+            f"features {r['time_features']:.1f}s ({n / r['time_features']:.0f} img/s) pca "
+            f"{r['time_pca']:.2f}s kmeans {r['time_kmeans']:.2f}s obj {r['kmeans_obj']:.1f} "
+            f"empty {r['empty_clusters']} splits {r['nsplit']} | sizes "
+            f"{r['size_min']}/{r['size_median']:g}/{r['size_max']} | NMI(t-1,t) "
+            f"{_fmt(r.get('nmi_prev'))} | NMI labels {_fmt(r.get('nmi_labels'))} acc "
+            f"{_fmt(r.get('acc_labels'))} kNN {_fmt(r.get('knn_labels'), '.1f')}")
+    else:
+        clustering = "no clustering: the previous pseudo-labels and top layer"
+    return (f"epoch {r['epoch']} | loss {r['loss']:.4f} | {clustering} | train "
+            f"{r['time_train']:.1f}s ({n / r['time_train']:.0f} img/s)"
             + (f" | unreadable {r['unreadable_images']}" if r.get("unreadable_images") else "")
             + (f" | GPU peak {r['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in r else ""))
 

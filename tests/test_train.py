@@ -95,10 +95,15 @@ def test_coarser_levels_train_one_top_layer_of_every_levels_outputs(tmp_path):
     assert config.cluster_ks() == [8, 2] and model.top_layer.out_features == 10
 
 
-def test_reassign_2_clusters_every_second_epoch(tmp_path):
+def test_reassign_2_clusters_every_second_epoch(tmp_path, capsys):
     args = ["--data", "digits", "--max-images", "60", *TINY, "--reassign", "2"]
     assert main([*args, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
     assert main([*args, "--epochs", "3", "--out", str(tmp_path / "three")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("epoch ") and " | loss " in line]
+    assert len(lines) == 3 and "no clustering" in lines[1]
+    assert "kmeans" in lines[0] and "kmeans" in lines[2] and "kmeans" not in lines[1]
     records = [json.loads(line)
                for line in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
