@@ -260,9 +260,9 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
     """Every task of ``tasks`` for one model; returns its train features and the run-k
     clustering of the embedding for the pictures.
 
-    Clustering (k = the number of classes; the embedding also at the run's k), kNN and the
-    linear probe score the embedding and each conv layer, then again at the best conv layer
-    (the highest linear probe).
+    Clustering (k = the number of classes, plain PCA; the embedding also as the run clusters,
+    at the classes and at the run's k), kNN and the linear probe score the embedding and each
+    conv layer, then again at the best conv layer (the highest linear probe).
     """
     device = opts["device"]
     train_layers, test_layers = _layers_needed(tasks, model, opts["layer"], pictures)
