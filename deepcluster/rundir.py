@@ -53,10 +53,21 @@ def _stamp() -> str:
 
 # ---- writing -----------------------------------------------------------------------------------
 
+def _during_interrupt(exc: BaseException | None) -> bool:
+    """Whether ``exc`` was raised while a Ctrl-C (``KeyboardInterrupt``) was being handled."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through ``write(file)`` into ``path.tmp``, flushed to disk, then rename it
     over ``path``: a kill or a failure at any moment leaves the old file or the new one. A failed
-    write (or Ctrl-C) removes the temporary file; an ``OSError`` becomes ``OutputError``."""
+    write (or Ctrl-C) removes the temporary file; an ``OSError`` becomes ``OutputError``. Ctrl-C
+    stays a ``KeyboardInterrupt`` even when the writer fails while unwinding from it (torch.save's
+    zip writer raises a RuntimeError on a record it did not finish)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -67,6 +78,8 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if not isinstance(exc, KeyboardInterrupt) and _during_interrupt(exc):
+            raise KeyboardInterrupt from exc
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {os_reason(exc)} (the previous "
                               f"{path.name}, if any, is unchanged)") from exc
