@@ -6,7 +6,8 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled class
     format       "deepcluster/1"
     config       the run's Config as a dict
     model_spec   build_model's arguments (arch, num_clusters, sobel, in_channels, image_size,
-                 width, dropout; older files lack dropout: 0.5)
+                 width, dropout, head; older files lack dropout: 0.5, and head: the FC head
+                 of alexnet / vgg16)
     model        the network's state_dict (top layer included)
     optimizer, top_optimizer, scaler   state_dicts (scaler: {} without AMP on CUDA)
     epoch        number of finished epochs (the next epoch to run)
@@ -46,6 +47,13 @@ MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size",
 # Settings added with a default other than the behaviour before them: a checkpoint that does not
 # name one ran with this value.
 EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1}
+
+
+def earlier_behaviour(saved: dict[str, Any]) -> dict[str, Any]:
+    """``EARLIER_BEHAVIOUR`` for the run whose config is ``saved``, with its head: before --head,
+    alexnet and vgg16 had the FC head and the ResNets none."""
+    resnet = str(saved.get("arch", "")).startswith("resnet")
+    return {**EARLIER_BEHAVIOUR, "head": "none" if resnet else "fc"}
 
 
 def level_assignments(assignments: torch.Tensor) -> torch.Tensor:
@@ -134,9 +142,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 def check_compatible(saved: dict[str, Any], config: Config, path: str | Path) -> None:
     """Raise ``CheckpointError`` listing every setting (outside ``RESUMABLE``) on which the
     checkpoint's config differs from ``config``. A setting the checkpoint does not name came
-    after it was written, and the run behaved as its default (or as ``EARLIER_BEHAVIOUR``)."""
+    after it was written, and the run behaved as its default (or as ``earlier_behaviour``)."""
     current = config.to_dict()
-    defaults = {**Config().to_dict(), **EARLIER_BEHAVIOUR}
+    defaults = {**Config().to_dict(), **earlier_behaviour(saved)}
     diffs = [f"{name}: checkpoint {saved.get(name, defaults[name])!r}, now {value!r}"
              for name, value in current.items()
              if name not in RESUMABLE and saved.get(name, defaults[name]) != value]
@@ -159,13 +167,15 @@ def model_from_checkpoint(source: str | Path | dict[str, Any],
         model = build_model(spec["arch"], spec["num_clusters"], sobel=spec["sobel"],
                             in_channels=spec["in_channels"], image_size=spec["image_size"],
                             width=spec["width"],
-                            dropout=spec.get("dropout", EARLIER_BEHAVIOUR["dropout"]))
+                            dropout=spec.get("dropout", EARLIER_BEHAVIOUR["dropout"]),
+                            head=spec.get("head"))
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's weights do not fit its model_spec {spec}: "
                               f"{(str(exc).strip() or type(exc).__name__).splitlines()[0]}"
                               ) from exc
-    return model.to(device).eval(), Config(**{**EARLIER_BEHAVIOUR, **state["config"]})
+    return model.to(device).eval(), Config(**{**earlier_behaviour(state["config"]),
+                                              **state["config"]})
 
 
 def rng_state() -> dict[str, Any]:

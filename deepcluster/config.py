@@ -18,7 +18,7 @@ import yaml
 
 from dc_kernels.backends import NAMES as BACKENDS
 
-from .models import ARCHS
+from .models import ARCHS, HEADS
 
 DEVICES = ("auto", "cpu", "cuda")
 LEVEL_RATIO = 4  # each coarser clustering of --k-levels has 4 times fewer clusters
@@ -41,6 +41,7 @@ class Config:
     image_size: int = 0
     arch: str = "alexnet"
     width: float = 0.25
+    head: str = "none"
     dropout: float = 0.0
     sobel: bool = True
     k: int = 100
@@ -101,6 +102,12 @@ class Config:
              f"width must be a positive number, got {self.width}"),
             (finite(self.dropout) and 0 <= self.dropout < 1,
              f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
+            (not (self.head == "fc" and self.arch.startswith("resnet")),
+             f"arch {self.arch} has no FC head: use --head none"),
+            (self.dropout == 0 or self.head == "fc",
+             f"dropout {self.dropout} needs the FC head (--head fc): --head none has no "
+             "dropout layers"),
             (finite(self.jitter) and 0 <= self.jitter < 1,
              f"jitter must be in [0, 1), got {self.jitter}"),
             (self.max_images >= 0, f"max_images must be >= 0, got {self.max_images}"),
@@ -148,6 +155,10 @@ _HELP: dict[str, tuple[str, str | None]] = {
                    "64, else 224)", "224"),
     "arch": (f"network: {', '.join(ARCHS)} (alexnet and vgg16 with BatchNorm)", None),
     "width": ("multiplies the conv/FC widths of alexnet and vgg16", "1.0"),
+    "head": ("what the top layer reads: 'fc', the FC6-FC7 layers of alexnet and vgg16 (4096 "
+             "wide times --width, clustered before the last ReLU), or 'none', the flattened last "
+             "conv block (the only choice for the ResNets; measured better than fc on small "
+             "data: README)", "fc"),
     "dropout": ("dropout probability in the FC head of alexnet and vgg16 (0: none; the paper's "
                 "0.5 made the narrow default network's features collapse on small data, "
                 "README)", "0.5"),
@@ -232,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=text)
         else:
-            choices = {"arch": ARCHS, "kmeans_backend": BACKENDS,
+            choices = {"arch": ARCHS, "head": HEADS, "kmeans_backend": BACKENDS,
                        "features_on": FEATURES_ON}.get(f.name)
             parser.add_argument(_flag(f.name), type=f.type, choices=choices, help=text,
                                 metavar=f.name.upper() if choices is None else None)

@@ -444,8 +444,8 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
                         f"{valid_layers}")
     splits = load_splits(data or config.data, test_data, seed=seed, max_train=max_train,
                          max_test=max_test)
-    print(f"checkpoint {checkpoint}: {spec['arch']} (sobel {spec['sobel']}, width "
-          f"{spec['width']}, {spec['image_size']} px), epoch {state['epoch']}, k {config.k} | "
+    print(f"checkpoint {checkpoint}: {spec['arch']} (head {learned.head}, sobel {spec['sobel']}, "
+          f"width {spec['width']}, {spec['image_size']} px), epoch {state['epoch']}, k {config.k} | "
           f"data: {splits.description} | device {dev}", flush=True)
     models = [("learned", learned)]
     if baseline == "random":

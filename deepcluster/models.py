@@ -4,6 +4,8 @@ Every model is a ``DeepClusterNet``: ``sobel`` (fixed, optional) -> ``features``
 flatten -> ``classifier`` (the FC part of the body) -> ``top_layer`` (Linear(feature_dim, k),
 re-created every epoch by the trainer). ``embed(x)`` gives the vectors that are clustered:
 the classifier's output *before* its last ReLU and without the top layer, as in the paper.
+The classifier is the paper's FC6-FC7 (``head="fc"``) or empty (``head="none"``: the top layer
+reads the flattened last conv block, as it always does for the ResNets).
 
 Inputs smaller than ``SMALL_INPUT`` pixels get small stems (stride-2 5x5 AlexNet conv1 with 2x2
 pools, a 3x3 stride-1 ResNet conv1 without max-pool), so 28-32 px images keep a spatial map.
@@ -16,6 +18,7 @@ import torchvision
 from torch import nn
 
 ARCHS = ("alexnet", "vgg16", "resnet18", "resnet50")
+HEADS = ("fc", "none")  # the paper's FC6-FC7 of alexnet / vgg16, or no FC layers
 SMALL_INPUT = 128  # below this side length, the small stems are used
 
 # AlexNet-BN of the paper: conv widths 96-256-384-384-256, two 4096-d FC layers with dropout.
@@ -74,6 +77,11 @@ class DeepClusterNet(nn.Module):
         for layer in layers:
             x = layer(x)
         return x
+
+    @property
+    def head(self) -> str:
+        """"fc" when FC layers sit between the conv body and the top layer, else "none"."""
+        return "fc" if len(self.classifier) else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.classifier(self.body(x))
@@ -175,8 +183,8 @@ def _resnet_features(arch: str, in_channels: int, image_size: int) -> tuple[nn.S
 
 
 def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels: int = 3,
-                image_size: int = 224, width: float = 1.0,
-                dropout: float = 0.5) -> DeepClusterNet:
+                image_size: int = 224, width: float = 1.0, dropout: float = 0.5,
+                head: str | None = None) -> DeepClusterNet:
     """Build a randomly initialised DeepCluster network.
 
     arch: one of ``ARCHS``. num_clusters: outputs of the top layer (k). sobel: put the fixed
@@ -184,7 +192,10 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
     or 3). image_size: side of the square network input; below ``SMALL_INPUT`` the small stems
     are used. width: multiplies every conv and FC width of alexnet/vgg16 (1.0 = paper); ResNets
     only accept 1.0. dropout: probability of the FC head's Dropout layers (0.5 = paper; ResNets
-    have none). Raises ``ValueError`` with the reason for a bad combination.
+    and head "none" have none). head: "fc" (alexnet and vgg16: the paper's FC6-FC7) or "none"
+    (the top layer reads the flattened last conv block); None: the arch's own (fc for alexnet
+    and vgg16, none for the ResNets). Raises ``ValueError`` with the reason for a bad
+    combination.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -196,6 +207,13 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
         raise ValueError(f"width must be positive, got {width}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if head is None:
+        head = "none" if arch.startswith("resnet") else "fc"
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    if head == "fc" and arch.startswith("resnet"):
+        raise ValueError(f"arch {arch!r} has no FC head (its top layer reads the pooled last "
+                         "block): use head 'none'")
     front = Sobel(in_channels) if sobel else None
     net_in = 2 if sobel else in_channels
     if arch.startswith("resnet"):
@@ -213,8 +231,11 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
             raise ValueError(f"arch 'vgg16' needs images of at least 32 px (its 5 pools), "
                              f"got image size {image_size}")
         features = _vgg16_features(net_in, width)
-    classifier, feature_dim = _fc_classifier(arch, _flat_dim(features, net_in, image_size, arch),
-                                             width, dropout)
+    flat_dim = _flat_dim(features, net_in, image_size, arch)
+    if head == "fc":
+        classifier, feature_dim = _fc_classifier(arch, flat_dim, width, dropout)
+    else:
+        classifier, feature_dim = nn.Sequential(), flat_dim
     model = DeepClusterNet(features, classifier, feature_dim, num_clusters, front)
     _init_paper(model.features)
     # A linear layer's gain is std * sqrt(fan_in): scaling the std by 1/sqrt(width) keeps the

@@ -381,7 +381,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     ks = config.cluster_ks()
     model_spec = {"arch": config.arch, "num_clusters": sum(ks), "sobel": config.sobel,
                   "in_channels": images.channels, "image_size": image_size,
-                  "width": config.width, "dropout": config.dropout}
+                  "width": config.width, "dropout": config.dropout, "head": config.head}
     try:
         check_fits(model_spec, config.batch_size, device,
                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
@@ -429,7 +429,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     labels_info = f"{len(np.unique(images.labels))} classes" if images.labels is not None \
         else "no labels"
     print0(f"data {images.name}: {n} images, {labels_info}, {images.channels} channel(s) -> "
-           f"{image_size}px | {config.arch} (width {config.width}, sobel {config.sobel}) "
+           f"{image_size}px | {config.arch} (width {config.width}, head {config.head}, sobel "
+           f"{config.sobel}) "
            f"feature dim {model.feature_dim} | k {'/'.join(map(str, ks))} | device {device} | "
            f"epochs {start_epoch}..{config.epochs - 1}", flush=True)
     print0(f"{world} process(es) | batch size {config.batch_size} per process, "

@@ -44,3 +44,31 @@ def test_dropout_zero_leaves_the_dropout_layers_out(arch):
 def test_dropout_outside_its_range_is_refused(dropout):
     with pytest.raises(ValueError, match="dropout must be in"):
         build_model("alexnet", 5, image_size=32, width=0.0625, dropout=dropout)
+
+
+@pytest.mark.parametrize("arch,size", [("alexnet", 32), ("alexnet", 224), ("vgg16", 32)])
+def test_head_none_puts_the_top_layer_on_the_last_conv_block(arch, size):
+    model = build_model(arch, 5, in_channels=3, image_size=size, width=0.0625, dropout=0.0,
+                        head="none").eval()
+    assert len(model.classifier) == 0 and model.head == "none"
+    x = torch.randn(2, 3, size, size)
+    conv = torch.flatten(model.features(model.sobel(x)), 1)
+    assert model.feature_dim == conv.shape[1] == model.top_layer.in_features
+    assert torch.equal(model.embed(x), conv)
+    assert model(x).shape == (2, 5)
+    # The same conv body as with the FC head: only the layers after it differ.
+    fc = build_model(arch, 5, in_channels=3, image_size=size, width=0.0625, dropout=0.0,
+                     head="fc")
+    assert fc.head == "fc"
+    assert [n for n, _ in fc.features.named_parameters()] == \
+        [n for n, _ in model.features.named_parameters()]
+
+
+def test_head_defaults_to_the_archs_own_and_bad_heads_are_refused():
+    # head=None (checkpoints from before the setting): FC for alexnet / vgg16, none for ResNets.
+    assert build_model("alexnet", 3, image_size=32, width=0.0625).head == "fc"
+    assert build_model("resnet18", 3, image_size=32).head == "none"
+    with pytest.raises(ValueError, match="no FC head"):
+        build_model("resnet18", 3, image_size=32, head="fc")
+    with pytest.raises(ValueError, match="unknown head 'mlp'"):
+        build_model("alexnet", 3, image_size=32, width=0.0625, head="mlp")

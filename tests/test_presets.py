@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 PAPER = {"k": 10000, "pca_dim": 256, "pca_power": -0.5, "batch_size": 256, "lr": 0.05,
          "wd": 1e-5, "momentum": 0.9, "epochs": 500, "sobel": True, "width": 1.0,
          "image_size": 224, "min_crop_scale": 0.08, "kmeans_iters": 20, "reassign": 1,
-         "dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1}
+         "dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1, "head": "fc"}
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16"])

@@ -132,11 +132,14 @@ def test_config_file_and_overrides(tmp_path):
     yml.write_text("k: 7\nbatch_size: 32\nsobel: true\n")
     config = parse_config(["--config", str(yml), "--no-sobel"])
     assert (config.k, config.batch_size, config.sobel) == (7, 32, False)
-    assert (Config().dropout, Config().flip) == (0.0, False)
-    config = parse_config(["--dropout", "0.5", "--flip"])
-    assert (config.dropout, config.flip) == (0.5, True)
+    assert (Config().dropout, Config().flip, Config().head) == (0.0, False, "none")
+    config = parse_config(["--dropout", "0.5", "--head", "fc", "--flip"])
+    assert (config.dropout, config.head, config.flip) == (0.5, "fc", True)
     for text, message in (("kk: 3\n", "unknown setting 'kk'"), ("k: three\n", "k must be int"),
                           ("dropout: 1.0\n", "dropout must be in"),
+                          ("dropout: 0.5\n", "needs the FC head"),
+                          ("head: mlp\n", "head must be one of"),
+                          ("arch: resnet18\nhead: fc\n", "resnet18 has no FC head"),
                           ("jitter: -0.1\n", "jitter must be in"),
                           ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
                           ("kmeans_redo: 0\n", "kmeans_redo must be positive"),
