@@ -445,8 +445,8 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
     splits = load_splits(data or config.data, test_data, seed=seed, max_train=max_train,
                          max_test=max_test)
     print(f"checkpoint {checkpoint}: {spec['arch']} (head {learned.head}, sobel {spec['sobel']}, "
-          f"width {spec['width']}, {spec['image_size']} px), epoch {state['epoch']}, k {config.k} | "
-          f"data: {splits.description} | device {dev}", flush=True)
+          f"width {spec['width']}, {spec['image_size']} px), epoch {state['epoch']}, "
+          f"k {config.k} | data: {splits.description} | device {dev}", flush=True)
     models = [("learned", learned)]
     if baseline == "random":
         models.append(("random", random_model(spec, config.seed, dev)))
