@@ -142,8 +142,8 @@ def test_memory_is_checked_before_allocating(data, capsys, monkeypatch):
     line = _fail([*data, *TINY[2:], "--image-size", "200000", "--out", "none"], capsys)
     assert "not enough memory on cpu" in line and "--image-size" in line
     assert "too small" not in line
-    # A machine with 1 MiB free refuses even the tiny network.
-    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)
+    # A machine with 64 KiB free refuses even the tiny network.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**16)
     line = _fail([*data, *TINY, "--out", "none"], capsys)
     assert "not enough memory on cpu" in line and "0.00 GiB free" in line
 
