@@ -69,7 +69,8 @@ class DeepClusterNet(nn.Module):
         return torch.flatten(self.features(x), 1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The clustered representation: classifier output before its last ReLU, no top layer."""
+        """The clustered representation, without the top layer: the FC head's output before its
+        last ReLU, or (head "none") the flattened last conv block."""
         x = self.body(x)
         layers = list(self.classifier)
         if layers and isinstance(layers[-1], nn.ReLU):
