@@ -234,7 +234,8 @@ def _cluster_ks(labels: torch.Tensor, run_k: int | None, n: int) -> list[int]:
 
 class _BestConv:
     """The conv layers' scores of one model; the best conv layer is the one whose linear probe
-    scores highest (the paper's per-layer tables), and every protocol is reported at it."""
+    scores highest (the paper's per-layer tables; on a tie, the shallower layer), and every
+    protocol is reported at it."""
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], dict[str, float]] = {}

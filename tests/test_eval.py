@@ -301,3 +301,16 @@ def test_end_to_end_on_cuda_agrees_with_cpu(tiny_run, tmp_path) -> None:
         # Same features up to float rounding (cuDNN and CPU convolutions round differently, so
         # near-ties may swap): at most one of the 100 test images changes its kNN vote.
         assert gpu.rows[key]["learned"] == pytest.approx(cpu.rows[key]["learned"], abs=1.0)
+
+
+def test_best_conv_is_the_highest_probe_and_the_shallower_layer_on_a_tie() -> None:
+    best = dc_eval._BestConv()
+    for layer, probe, nmi in (("conv1", 80.0, 0.5), ("conv2", 85.0, 0.6), ("conv3", 85.0, 0.7),
+                              ("embed", 99.0, 0.9)):  # the embedding is never a conv layer
+        best.add(layer, "linear", "top-1 %", probe)
+        best.add(layer, "cluster", "k=10 NMI", nmi)
+    report = dc_eval.EvalReport(models=["learned"])
+    best.report(report, "learned")
+    assert report.notes == ["learned: the best conv layer (highest linear probe) is conv2"]
+    assert report.rows[("cluster", "best conv k=10 NMI")] == {"learned": 0.6}
+    assert report.rows[("linear", "best conv top-1 %")] == {"learned": 85.0}
