@@ -5,7 +5,8 @@
 #
 # 1. builds an ImageNet-like folder of E2E_IMAGES (20,000) photo-like JPEGs (bench/data_bench.py:
 #    crops of scikit-learn's sample photos at ImageNet sizes, quality 90; no network needed);
-# 2. runs deepcluster-train --arch alexnet --width 1 --k 1000 --epochs 2 once per backend in
+# 2. runs deepcluster-train --arch alexnet --width 1 --head fc --k 1000 --epochs 2 (the paper's
+#    network, 4096-d features) once per backend in
 #    E2E_BACKENDS ("triton-host triton auto"; NAME-host adds --features-on host: float16
 #    features in pinned host memory, streamed through the GPU by dc_kernels, the path that
 #    ImageNet-size features take), and prints from each run's metrics.jsonl: images/s of the
@@ -20,7 +21,7 @@ OUT=${1:?usage: bash bench/train_e2e.sh OUT}
 IMAGES=${E2E_IMAGES:-20000}
 # The most telling first: a time limit from outside (gpu_check.sh) keeps what finished.
 BACKENDS=${E2E_BACKENDS:-"triton-host triton auto"}
-TRAIN_ARGS=${E2E_TRAIN_ARGS:-"--arch alexnet --width 1 --k 1000 --batch-size 256"}
+TRAIN_ARGS=${E2E_TRAIN_ARGS:-"--arch alexnet --width 1 --head fc --k 1000 --batch-size 256"}
 BENCH_ARGS=${E2E_BENCH_ARGS:-"--model-passes --images 1000 --rounds 1 --listing-files 100000"}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
