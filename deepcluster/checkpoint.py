@@ -6,8 +6,8 @@ A checkpoint is a dict of tensors and plain Python values only (no pickled class
     format       "deepcluster/1"
     config       the run's Config as a dict
     model_spec   build_model's arguments (arch, num_clusters, sobel, in_channels, image_size,
-                 width, dropout, head; older files lack dropout: 0.5, and head: the FC head
-                 of alexnet / vgg16)
+                 width, dropout, head, pool2; older files lack dropout: 0.5, head: the FC
+                 head of alexnet / vgg16, and pool2: on)
     model        the network's state_dict (top layer included)
     optimizer, top_optimizer, scaler   state_dicts (scaler: {} without AMP on CUDA)
     epoch        number of finished epochs (the next epoch to run)
@@ -46,7 +46,7 @@ MODEL_KEYS = ("config", "model_spec", "model", "epoch", "assignments")
 MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size", "width"}
 # Settings added with a default other than the behaviour before them: a checkpoint that does not
 # name one ran with this value.
-EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1}
+EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1, "pool2": True}
 
 
 def earlier_behaviour(saved: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def model_from_checkpoint(source: str | Path | dict[str, Any],
                             in_channels=spec["in_channels"], image_size=spec["image_size"],
                             width=spec["width"],
                             dropout=spec.get("dropout", EARLIER_BEHAVIOUR["dropout"]),
-                            head=spec.get("head"))
+                            head=spec.get("head"), pool2=spec.get("pool2", True))
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint's weights do not fit its model_spec {spec}: "

@@ -117,7 +117,8 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1,
             nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-def _alexnet_features(in_channels: int, image_size: int, width: float) -> nn.Sequential:
+def _alexnet_features(in_channels: int, image_size: int, width: float,
+                      pool2: bool) -> nn.Sequential:
     c1, c2, c3, c4, c5 = (_scaled(c, width) for c in _ALEXNET_CONVS)
     if image_size >= SMALL_INPUT:
         stem, pool = _conv_bn_relu(in_channels, c1, 11, stride=4, padding=2), (3, 2)
@@ -125,7 +126,7 @@ def _alexnet_features(in_channels: int, image_size: int, width: float) -> nn.Seq
         stem, pool = _conv_bn_relu(in_channels, c1, 5, stride=2, padding=2), (2, 2)
     return nn.Sequential(
         *stem, nn.MaxPool2d(*pool),
-        *_conv_bn_relu(c1, c2, 5, padding=2), nn.MaxPool2d(*pool),
+        *_conv_bn_relu(c1, c2, 5, padding=2), *([nn.MaxPool2d(*pool)] if pool2 else []),
         *_conv_bn_relu(c2, c3, 3, padding=1),
         *_conv_bn_relu(c3, c4, 3, padding=1),
         *_conv_bn_relu(c4, c5, 3, padding=1), nn.MaxPool2d(*pool))
@@ -185,7 +186,7 @@ def _resnet_features(arch: str, in_channels: int, image_size: int) -> tuple[nn.S
 
 def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels: int = 3,
                 image_size: int = 224, width: float = 1.0, dropout: float = 0.5,
-                head: str | None = None) -> DeepClusterNet:
+                head: str | None = None, pool2: bool = True) -> DeepClusterNet:
     """Build a randomly initialised DeepCluster network.
 
     arch: one of ``ARCHS``. num_clusters: outputs of the top layer (k). sobel: put the fixed
@@ -195,8 +196,9 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
     only accept 1.0. dropout: probability of the FC head's Dropout layers (0.5 = paper; ResNets
     and head "none" have none). head: "fc" (alexnet and vgg16: the paper's FC6-FC7) or "none"
     (the top layer reads the flattened last conv block); None: the arch's own (fc for alexnet
-    and vgg16, none for the ResNets). Raises ``ValueError`` with the reason for a bad
-    combination.
+    and vgg16, none for the ResNets). pool2: alexnet's max-pool after conv2 (the paper's; False:
+    conv3-conv5 work on a map twice as fine); the other archs ignore it. Raises ``ValueError``
+    with the reason for a bad combination.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -226,7 +228,7 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
         _init_paper(model.top_layer)
         return model
     if arch == "alexnet":
-        features = _alexnet_features(net_in, image_size, width)
+        features = _alexnet_features(net_in, image_size, width, pool2)
     else:
         if image_size < 32:
             raise ValueError(f"arch 'vgg16' needs images of at least 32 px (its 5 pools), "

@@ -381,7 +381,8 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
     ks = config.cluster_ks()
     model_spec = {"arch": config.arch, "num_clusters": sum(ks), "sobel": config.sobel,
                   "in_channels": images.channels, "image_size": image_size,
-                  "width": config.width, "dropout": config.dropout, "head": config.head}
+                  "width": config.width, "dropout": config.dropout, "head": config.head,
+                  "pool2": config.pool2}
     try:
         check_fits(model_spec, config.batch_size, device,
                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)

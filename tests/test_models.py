@@ -72,3 +72,30 @@ def test_head_defaults_to_the_archs_own_and_bad_heads_are_refused():
         build_model("resnet18", 3, image_size=32, head="fc")
     with pytest.raises(ValueError, match="unknown head 'mlp'"):
         build_model("alexnet", 3, image_size=32, width=0.0625, head="mlp")
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_alexnet_without_pool2_runs_conv3_to_conv5_on_a_map_twice_as_fine(size):
+    def conv_sides(model):
+        sides = []
+        hooks = [m.register_forward_hook(lambda m, i, o: sides.append(o.shape[-1]))
+                 for m in model.features if isinstance(m, nn.Conv2d)]
+        model(torch.randn(1, 3, size, size))
+        for hook in hooks:
+            hook.remove()
+        return sides
+
+    spec = {"in_channels": 3, "image_size": size, "width": 0.0625, "dropout": 0.0,
+            "head": "none"}
+    paper = build_model("alexnet", 5, **spec).eval()
+    fine = build_model("alexnet", 5, **spec, pool2=False).eval()
+    sides, fine_sides = conv_sides(paper), conv_sides(fine)
+    assert fine_sides[:2] == sides[:2]
+    assert all(f in (2 * s, 2 * s + 1) for f, s in zip(fine_sides[2:], sides[2:], strict=True))
+    # The same weights: a max-pool holds no parameters.
+    assert [tuple(t.shape) for t in fine.features.state_dict().values()] == \
+        [tuple(t.shape) for t in paper.features.state_dict().values()]
+    assert fine.feature_dim > paper.feature_dim
+    # VGG-16 keeps its own pools.
+    vgg = {"in_channels": 3, "image_size": 32, "width": 0.0625}
+    assert str(build_model("vgg16", 5, **vgg, pool2=False)) == str(build_model("vgg16", 5, **vgg))

@@ -21,6 +21,8 @@ def test_paper_preset_holds_the_papers_values(arch):
     config = parse_config(["--config", str(CONFIGS / f"paper-{arch}.toml"), "--data", "X"])
     assert config.arch == arch
     assert {name: getattr(config, name) for name in PAPER} == PAPER
+    if arch == "alexnet":
+        assert config.pool2  # the max-pool after conv2 (vgg16 keeps its own pools)
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "vgg16"])
