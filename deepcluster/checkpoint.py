@@ -46,7 +46,7 @@ MODEL_KEYS = ("config", "model_spec", "model", "epoch", "assignments")
 MODEL_SPEC_KEYS = {"arch", "num_clusters", "sobel", "in_channels", "image_size", "width"}
 # Settings added with a default other than the behaviour before them: a checkpoint that does not
 # name one ran with this value.
-EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1, "pool2": True}
+EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1}
 
 
 def earlier_behaviour(saved: dict[str, Any]) -> dict[str, Any]:

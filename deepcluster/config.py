@@ -42,7 +42,7 @@ class Config:
     arch: str = "alexnet"
     width: float = 0.25
     head: str = "none"
-    pool2: bool = False
+    pool2: bool = True
     dropout: float = 0.0
     sobel: bool = True
     k: int = 100
@@ -161,8 +161,8 @@ _HELP: dict[str, tuple[str, str | None]] = {
              "conv block (the only choice for the ResNets; measured better than fc on small "
              "data: README)", "fc"),
     "pool2": ("alexnet's max-pool after conv2 (off: conv3-conv5 work on a map twice as fine, "
-              "at about 1.5x the training time of 32-px images; measured better than on for "
-              "small data: README); vgg16 and the ResNets keep their own pools", "on"),
+              "at about 1.3x the training time of 32-px images; measured against on for small "
+              "images: README); vgg16 and the ResNets keep their own pools", None),
     "dropout": ("dropout probability in the FC head of alexnet and vgg16 (0: none; the paper's "
                 "0.5 made the narrow default network's features collapse on small data, "
                 "README)", "0.5"),

@@ -133,7 +133,8 @@ def test_config_file_and_overrides(tmp_path):
     config = parse_config(["--config", str(yml), "--no-sobel"])
     assert (config.k, config.batch_size, config.sobel) == (7, 32, False)
     assert (Config().dropout, Config().flip, Config().head, Config().pool2) == \
-        (0.0, False, "none", False)
+        (0.0, False, "none", True)
+    assert not parse_config(["--no-pool2"]).pool2
     config = parse_config(["--dropout", "0.5", "--head", "fc", "--flip"])
     assert (config.dropout, config.head, config.flip) == (0.5, "fc", True)
     for text, message in (("kk: 3\n", "unknown setting 'kk'"), ("k: three\n", "k must be int"),
