@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .config import RESUMABLE, Config
-from .models import DeepClusterNet, build_model
+from .models import DeepClusterNet, build_model, default_head
 from .rundir import write_atomic
 
 FORMAT = "deepcluster/1"
@@ -52,8 +52,7 @@ EARLIER_BEHAVIOUR = {"dropout": 0.5, "flip": True, "jitter": 0.0, "k_levels": 1}
 def earlier_behaviour(saved: dict[str, Any]) -> dict[str, Any]:
     """``EARLIER_BEHAVIOUR`` for the run whose config is ``saved``, with its head: before --head,
     alexnet and vgg16 had the FC head and the ResNets none."""
-    resnet = str(saved.get("arch", "")).startswith("resnet")
-    return {**EARLIER_BEHAVIOUR, "head": "none" if resnet else "fc"}
+    return {**EARLIER_BEHAVIOUR, "head": default_head(str(saved.get("arch", "")))}
 
 
 def level_assignments(assignments: torch.Tensor) -> torch.Tensor:

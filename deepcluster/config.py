@@ -106,6 +106,8 @@ class Config:
             (self.head in HEADS, f"head must be one of {HEADS}, got {self.head!r}"),
             (not (self.head == "fc" and self.arch.startswith("resnet")),
              f"arch {self.arch} has no FC head: use --head none"),
+            (self.pool2 or self.arch == "alexnet",
+             f"--no-pool2 is for alexnet; {self.arch} keeps its own pools"),
             (self.dropout == 0 or self.head == "fc",
              f"dropout {self.dropout} needs the FC head (--head fc): --head none has no "
              "dropout layers"),
@@ -162,7 +164,7 @@ _HELP: dict[str, tuple[str, str | None]] = {
              "data: README)", "fc"),
     "pool2": ("alexnet's max-pool after conv2 (off: conv3-conv5 work on a map twice as fine, "
               "at about 1.3x the training time of 32-px images; measured against on for small "
-              "images: README); vgg16 and the ResNets keep their own pools", None),
+              "images: README); alexnet only", None),
     "dropout": ("dropout probability in the FC head of alexnet and vgg16 (0: none; the paper's "
                 "0.5 made the narrow default network's features collapse on small data, "
                 "README)", "0.5"),

@@ -184,6 +184,11 @@ def _resnet_features(arch: str, in_channels: int, image_size: int) -> tuple[nn.S
     return features, feature_dim
 
 
+def default_head(arch: str) -> str:
+    """The arch's own head: the paper's FC6-FC7 for alexnet and vgg16, none for the ResNets."""
+    return "none" if arch.startswith("resnet") else "fc"
+
+
 def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels: int = 3,
                 image_size: int = 224, width: float = 1.0, dropout: float = 0.5,
                 head: str | None = None, pool2: bool = True) -> DeepClusterNet:
@@ -195,10 +200,9 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
     are used. width: multiplies every conv and FC width of alexnet/vgg16 (1.0 = paper); ResNets
     only accept 1.0. dropout: probability of the FC head's Dropout layers (0.5 = paper; ResNets
     and head "none" have none). head: "fc" (alexnet and vgg16: the paper's FC6-FC7) or "none"
-    (the top layer reads the flattened last conv block); None: the arch's own (fc for alexnet
-    and vgg16, none for the ResNets). pool2: alexnet's max-pool after conv2 (the paper's; False:
-    conv3-conv5 work on a map twice as fine); the other archs ignore it. Raises ``ValueError``
-    with the reason for a bad combination.
+    (the top layer reads the flattened last conv block); None: ``default_head(arch)``. pool2:
+    alexnet's max-pool after conv2 (the paper's; False, alexnet only: conv3-conv5 work on a map
+    twice as fine). Raises ``ValueError`` with the reason for a bad combination.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
@@ -211,12 +215,14 @@ def build_model(arch: str, num_clusters: int, *, sobel: bool = True, in_channels
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     if head is None:
-        head = "none" if arch.startswith("resnet") else "fc"
+        head = default_head(arch)
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
     if head == "fc" and arch.startswith("resnet"):
         raise ValueError(f"arch {arch!r} has no FC head (its top layer reads the pooled last "
                          "block): use head 'none'")
+    if not pool2 and arch != "alexnet":
+        raise ValueError(f"pool2=False is for alexnet; {arch} keeps its own pools")
     front = Sobel(in_channels) if sobel else None
     net_in = 2 if sobel else in_channels
     if arch.startswith("resnet"):

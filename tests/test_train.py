@@ -142,6 +142,7 @@ def test_config_file_and_overrides(tmp_path):
                           ("dropout: 0.5\n", "needs the FC head"),
                           ("head: mlp\n", "head must be one of"),
                           ("arch: resnet18\nhead: fc\n", "resnet18 has no FC head"),
+                          ("arch: vgg16\npool2: false\n", "no-pool2 is for alexnet; vgg16"),
                           ("jitter: -0.1\n", "jitter must be in"),
                           ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
                           ("kmeans_redo: 0\n", "kmeans_redo must be positive"),
