@@ -41,12 +41,12 @@ class ClusterResult:
 
 
 def cluster(features: torch.Tensor, labels: torch.Tensor, k: int, *, pca_dim: int = 256,
-            eigen_power: float = -0.5, niter: int = 20, seed: int = 0,
+            eigen_power: float = -0.5, niter: int = 20, seed: int = 0, nredo: int = 1,
             backend: str = "auto") -> ClusterResult:
     """DeepCluster's clustering step on ``features`` (PCA-whitening, L2, k-means), scored.
 
     ``eigen_power`` -0.5 whitens (the paper); a run may use another power, and the evaluation
-    then clusters the way the run did.
+    then clusters the way the run did. k-means keeps the lowest objective of ``nredo`` starts.
 
     The PCA dimension is capped by the feature dimension and by N - 1 (beyond that the
     covariance has no more non-zero eigenvalues to whiten).
@@ -55,7 +55,7 @@ def cluster(features: torch.Tensor, labels: torch.Tensor, k: int, *, pca_dim: in
     dim = max(1, min(pca_dim, d, n - 1))
     pca = dc_kernels.PCAWhitening(d, dim, eigen_power=eigen_power, backend=backend)
     whitened = pca.train(features).apply(features)
-    result = dc_kernels.kmeans(whitened, k, niter, seed=seed, backend=backend)
+    result = dc_kernels.kmeans(whitened, k, niter, seed=seed, nredo=nredo, backend=backend)
     assignments = result.labels
     scores: dict[str, float | None] = dict.fromkeys(("nmi", "ari", "acc", "purity"))
     if bool((labels >= 0).any()):

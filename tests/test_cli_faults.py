@@ -391,6 +391,7 @@ def test_eval_checks_values_and_out_before_loading(tmp_path, capsys, monkeypatch
     for flag, value, message in (("--batch-size", "0", "--batch-size must be at least 1"),
                                  ("--workers", "-1", "--workers must be at least 0"),
                                  ("--probe-epochs", "0", "--probe-epochs must be at least 1"),
+                                 ("--kmeans-redo", "0", "--kmeans-redo must be at least 1"),
                                  ("--seed", "-3", "--seed must be in [0, 2**32)")):
         assert message in _eval_fail([*missing, flag, value], capsys)
 

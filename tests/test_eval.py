@@ -11,6 +11,7 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
+import dc_kernels
 from deepcluster import eval as dc_eval
 from deepcluster import eval_tasks, plots
 from deepcluster.checkpoint import model_from_checkpoint, save_checkpoint
@@ -131,6 +132,23 @@ def test_cluster_scores_agree_with_sklearn() -> None:
     assert result.nmi > 0.9 and result.acc > 0.9 and result.purity >= result.acc
 
 
+def test_cluster_keeps_the_lowest_objective_of_its_starts() -> None:
+    # Overlapping blobs, many more than k: single starts end in different local minima.
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 40, 600)
+    x = torch.from_numpy(rng.normal(size=(40, 8))[labels] + rng.normal(size=(600, 8))).float()
+    y = torch.from_numpy(labels % 5)
+    result = eval_tasks.cluster(x, y, 5, pca_dim=8, eigen_power=0.0, seed=3, nredo=4)
+    # The starts are seeds 3..6 (dc_kernels.kmeans); score each alone on the same input.
+    singles = [dc_kernels.kmeans(result.whitened, 5, 20, seed=s) for s in range(3, 7)]
+    inertias = [float(r.inertia) for r in singles]
+    assert len(set(inertias)) > 1  # else the test could not tell the starts apart
+    best = singles[int(np.argmin(inertias))]
+    assert torch.equal(result.assignments, best.labels)
+    assert result.nmi == pytest.approx(normalized_mutual_info_score(
+        y.numpy(), best.labels.numpy()), abs=1e-6)
+
+
 # ---- features, extract, pictures, end to end --------------------------------------------------
 
 def _tiny_model(arch: str = "alexnet", sobel: bool = True):
@@ -191,7 +209,7 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     status = dc_eval.main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(out),
                            "--baseline", "random", "--task", *dc_eval.TASKS,
                            "--max-train", "300", "--max-test", "100", "--probe-epochs", "2",
-                           "--pool-dim", "256"])
+                           "--pool-dim", "256", "--kmeans-redo", "3"])
     assert status == 0
     printed = capsys.readouterr().out
     table = (out / "results.md").read_text()
@@ -255,7 +273,8 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     labels = torch.from_numpy(splits.train.labels)
     for metric, k, power in (("k=10 NMI", 10, 0.0), ("k=10 whitened NMI", 10, -0.5),
                              ("k=8 whitened NMI", 8, -0.5)):
-        expected = eval_tasks.cluster(train_embed, labels, k, pca_dim=32, eigen_power=power).nmi
+        expected = eval_tasks.cluster(train_embed, labels, k, pca_dim=32, eigen_power=power,
+                                      nredo=3).nmi
         assert rows[("cluster", f"embed {metric}")]["learned"] == pytest.approx(expected)
     assert ("cluster", "embed k=8 NMI") not in rows
     assert not any("whitened" in metric for _, metric in rows if not metric.startswith("embed"))
