@@ -12,7 +12,8 @@ Tasks (all on frozen features, computed with torch and dc_kernels on the chosen 
   in the paper's Table 1), trained on the train split, top-1 on the test split.
 - knn: weighted kNN top-1 (cosine, k = 20 and 200) of the test split among the train split.
 These three score the embedding (the clustered features) and every conv layer; "best conv" rows
-repeat them at the conv layer whose linear probe scores highest (chosen per model).
+repeat them at the conv layer whose linear probe scores highest on 20 % of the train split held
+out from the probe's training (chosen per model; the test split plays no part in the choice).
 - retrieval: mAP of ranking the train split for each test image, relevant = same label.
 - extract: the --layer features and labels of each split to .npz (``features`` N x D float32,
   ``labels`` N int64, -1 = unknown).
@@ -63,6 +64,7 @@ TASKS = ("cluster", "linear", "knn", "retrieval", "extract", "pictures")
 DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
 BASELINES = ("random", "none")
 KNN_KS = (20, 200)
+HELD_OUT = 0.2  # of the labelled train samples, for choosing the best conv layer
 CLUSTER_METRICS = {"nmi": "NMI", "ari": "ARI", "acc": "ACC", "purity": "purity"}
 PICTURE_ROWS = 6  # clusters / filters shown in the top-image pictures
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -232,24 +234,44 @@ def _cluster_ks(labels: torch.Tensor, run_k: int | None, n: int) -> list[int]:
     return sorted({k for k in (classes, run_k or 0) if 2 <= k <= n})
 
 
+def _held_out_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Indices (fit, held out) of the labelled train samples, ``HELD_OUT`` of them held out at
+    random (fixed by ``seed``); None when either part would be empty."""
+    known = torch.nonzero(labels >= 0).flatten().cpu()
+    held = round(HELD_OUT * known.numel())
+    if held < 1 or held >= known.numel():
+        return None
+    order = known[torch.randperm(known.numel(), generator=torch.Generator().manual_seed(seed))]
+    return order[held:].to(labels.device), order[:held].to(labels.device)
+
+
 class _BestConv:
-    """The conv layers' scores of one model; the best conv layer is the one whose linear probe
-    scores highest (the paper's per-layer tables; on a tie, the shallower layer), and every
-    protocol is reported at it."""
+    """The conv layers' scores of one model, and the choice of its best conv layer.
+
+    The best conv layer is the one whose linear probe scores highest on a part of the train split
+    held out from the probe's training (``select``; on a tie, the shallower layer), never on the
+    test split whose scores are then reported at it: a layer picked by its test score would
+    carry that split's noise into the best-conv rows.
+    """
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], dict[str, float]] = {}
+        self.held_out: dict[str, float] = {}
 
     def add(self, layer: str, task: str, metric: str, value: float | None) -> None:
         if layer != EMBED and value is not None:
             self.values.setdefault((task, metric), {})[layer] = value
 
+    def select(self, layer: str, held_out_probe: float) -> None:
+        """Record ``layer``'s probe accuracy on the held-out part of the train split."""
+        self.held_out[layer] = held_out_probe
+
     def report(self, report: EvalReport, name: str) -> None:
-        probes = self.values.get(("linear", "top-1 %"))
-        if not probes:
+        if not self.held_out:
             return
-        layer = max(probes, key=probes.__getitem__)
-        report.notes.append(f"{name}: the best conv layer (highest linear probe) is {layer}")
+        layer = max(self.held_out, key=self.held_out.__getitem__)
+        report.notes.append(f"{name}: the best conv layer (highest linear probe on the held-out "
+                            f"{HELD_OUT:.0%} of the train split) is {layer}")
         for (task, metric), values in self.values.items():
             report.add(task, f"best conv {metric}", name, values.get(layer))
 
@@ -263,7 +285,8 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
 
     Clustering (k = the number of classes, plain PCA; the embedding also as the run clusters,
     at the classes and at the run's k), kNN and the linear probe score the embedding and each
-    conv layer, then again at the best conv layer (the highest linear probe).
+    conv layer, then again at the best conv layer (the highest linear probe on a held-out part of
+    the train split).
     """
     device = opts["device"]
     train_layers, test_layers = _layers_needed(tasks, model, opts["layer"], pictures)
@@ -317,12 +340,24 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
         if layer == EMBED and k == run_k and power == run_power:
             run_clustering = result
     if "linear" in tasks and has_test_labels:
+        split = _held_out_split(train_y, opts["seed"])
+        if split is None:
+            print(f"[{name}] no best conv layer: too few labelled train samples to hold "
+                  f"{HELD_OUT:.0%} out", flush=True)
         for layer in scored:
             acc = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
                                           epochs=opts["probe_epochs"], seed=opts["seed"])
             report.add("linear", f"{layer} ({train_f[layer].shape[1]} d) top-1 %", name, acc)
             best.add(layer, "linear", "top-1 %", acc)
-            print(f"[{name}] linear {layer}: {acc:.2f} %", flush=True)
+            held_line = ""
+            if layer != EMBED and split is not None:
+                fit, held = split
+                held_acc = eval_tasks.linear_probe(
+                    train_f[layer][fit], train_y[fit], train_f[layer][held], train_y[held],
+                    epochs=opts["probe_epochs"], seed=opts["seed"])
+                best.select(layer, held_acc)
+                held_line = f" (held-out train: {held_acc:.2f} %)"
+            print(f"[{name}] linear {layer}: {acc:.2f} %{held_line}", flush=True)
     if "knn" in tasks and has_test_labels:
         for layer in scored:
             for k, acc in eval_tasks.knn_accuracy(train_f[layer], train_y, test_f[layer],

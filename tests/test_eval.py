@@ -1,6 +1,7 @@
 """deepcluster.eval: the tasks against independent references, extract, pictures, end to end."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -223,7 +224,7 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     assert all(r["difference"] == pytest.approx(r["learned"] - r["random"])
                for r in rows.values())
     # Cluster, kNN and linear score the embedding and every conv layer; the "best conv" rows
-    # repeat, per model, the conv layer whose linear probe scores highest.
+    # repeat, per model, the conv layer whose probe scores highest on the held-out train part.
     convs = [f"conv{i}" for i in range(1, 6)]
     for layer in ["embed", *convs]:
         assert ("cluster", f"{layer} k=10 NMI") in rows and ("knn", f"{layer} k=20 top-1 %") in rows
@@ -231,8 +232,12 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     for model in ("learned", "random"):
         probes = {metric.split()[0]: r[model] for (task, metric), r in rows.items()
                   if task == "linear" and metric.startswith("conv")}
-        best = max(probes, key=probes.__getitem__)
-        assert f"{model}: the best conv layer (highest linear probe) is {best}" in table
+        held_out = {layer: float(acc) for layer, acc in re.findall(
+            rf"\[{model}\] linear (conv\d): [\d.]+ % \(held-out train: ([\d.]+) %\)", printed)}
+        assert sorted(held_out) == convs
+        best = max(held_out, key=held_out.__getitem__)
+        assert (f"{model}: the best conv layer (highest linear probe on the held-out 20% of the "
+                f"train split) is {best}") in table
         for task, metric in (("knn", "k=20 top-1 %"), ("cluster", "k=10 NMI")):
             at_best = rows[(task, f"{best} {metric}")][model]
             assert rows[(task, f"best conv {metric}")][model] == at_best
@@ -322,14 +327,33 @@ def test_end_to_end_on_cuda_agrees_with_cpu(tiny_run, tmp_path) -> None:
         assert gpu.rows[key]["learned"] == pytest.approx(cpu.rows[key]["learned"], abs=1.0)
 
 
-def test_best_conv_is_the_highest_probe_and_the_shallower_layer_on_a_tie() -> None:
+def test_best_conv_is_chosen_on_the_held_out_train_part_and_the_shallower_on_a_tie() -> None:
     best = dc_eval._BestConv()
-    for layer, probe, nmi in (("conv1", 80.0, 0.5), ("conv2", 85.0, 0.6), ("conv3", 85.0, 0.7),
-                              ("embed", 99.0, 0.9)):  # the embedding is never a conv layer
+    # conv1 has the highest test probe but not the highest held-out one: the test split does
+    # not choose.
+    for layer, probe, held_out, nmi in (("conv1", 90.0, 80.0, 0.5), ("conv2", 85.0, 85.0, 0.6),
+                                        ("conv3", 86.0, 85.0, 0.7),
+                                        ("embed", 99.0, 99.0, 0.9)):  # never a conv layer
         best.add(layer, "linear", "top-1 %", probe)
         best.add(layer, "cluster", "k=10 NMI", nmi)
+        if layer != "embed":
+            best.select(layer, held_out)
     report = dc_eval.EvalReport(models=["learned"])
     best.report(report, "learned")
-    assert report.notes == ["learned: the best conv layer (highest linear probe) is conv2"]
+    assert report.notes == ["learned: the best conv layer (highest linear probe on the held-out "
+                            "20% of the train split) is conv2"]
     assert report.rows[("cluster", "best conv k=10 NMI")] == {"learned": 0.6}
     assert report.rows[("linear", "best conv top-1 %")] == {"learned": 85.0}
+
+
+def test_held_out_split_is_a_fixed_fifth_of_the_labelled_train_samples() -> None:
+    labels = torch.tensor([0, 1, -1, 2, 0, 1, 2, -1, 0, 1, 2, 0])  # 10 labelled
+    fit, held = dc_eval._held_out_split(labels, seed=5)
+    assert len(held) == 2 and len(fit) == 8
+    assert sorted([*fit.tolist(), *held.tolist()]) == [i for i in range(12) if labels[i] >= 0]
+    again = dc_eval._held_out_split(labels, seed=5)
+    assert torch.equal(fit, again[0]) and torch.equal(held, again[1])
+    other = [tuple(dc_eval._held_out_split(labels, seed=s)[1].tolist()) for s in range(6, 16)]
+    assert any(h != tuple(held.tolist()) for h in other)
+    # Two labelled samples leave nothing to hold out (20 % of 2 rounds to 0).
+    assert dc_eval._held_out_split(torch.tensor([0, -1, 1]), seed=0) is None
