@@ -141,8 +141,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 def check_compatible(saved: dict[str, Any], config: Config, path: str | Path) -> None:
     """Raise ``CheckpointError`` listing every setting (outside ``RESUMABLE``) on which the
     checkpoint's config differs from ``config``. A setting the checkpoint does not name came
-    after it was written, and the run behaved as its default (or as ``earlier_behaviour``)."""
+    after it was written, and the run behaved as its default (or as ``earlier_behaviour``).
+    An automatic ``sobel`` against a checkpoint that named it (written before it was automatic)
+    is left to ``check_sobel``, once the images say what the automatic choice is."""
     current = config.to_dict()
+    if config.sobel is None and isinstance(saved.get("sobel"), bool):
+        current["sobel"] = saved["sobel"]
     defaults = {**Config().to_dict(), **earlier_behaviour(saved)}
     diffs = [f"{name}: checkpoint {saved.get(name, defaults[name])!r}, now {value!r}"
              for name, value in current.items()
@@ -150,6 +154,15 @@ def check_compatible(saved: dict[str, Any], config: Config, path: str | Path) ->
     if diffs:
         raise CheckpointError(f"checkpoint {path} comes from another configuration; resume with "
                               "the same settings (or use another --out):\n  " + "\n  ".join(diffs))
+
+
+def check_sobel(spec: dict[str, Any], sobel: bool, path: str | Path) -> None:
+    """Raise ``CheckpointError`` when the checkpoint's network (``spec``) and this run differ on
+    Sobel: the automatic --sobel chose otherwise for these images than the run did."""
+    if spec["sobel"] != sobel:
+        flag = "--sobel" if spec["sobel"] else "--no-sobel"
+        raise CheckpointError(f"checkpoint {path} ran with sobel {spec['sobel']}, the automatic "
+                              f"--sobel chooses {sobel} for these images: resume with {flag}")
 
 
 def model_from_checkpoint(source: str | Path | dict[str, Any],

@@ -39,12 +39,13 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # ImageNet statistics (the paper's normalisation); one-channel images use their mean.
 _MEAN_RGB, _STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Files whose headers are read at start-up to pick the input size (and to catch a folder of
-# non-images before anything runs).
+# Files whose headers are read at start-up to pick the input size, to tell whether the images
+# have colour (for the automatic --sobel), and to catch a folder of non-images before anything
+# runs.
 HEADER_SAMPLE = 256
 # Consecutive unreadable files after which loading gives up: a folder that bad needs a look.
 MAX_REPLACEMENTS = 100
-INDEX_FORMAT = "deepcluster-index/1"
+INDEX_FORMAT = "deepcluster-index/2"  # /2: with grey
 # decode_image reads these itself (JPEG, PNG, GIF, WebP); anything else, or anything it refuses,
 # goes to PIL.
 _TORCHVISION_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"RIFF")
@@ -94,6 +95,7 @@ class ImageSet:
     class_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out, and why
     native_size: int = 0                  # typical largest side of the images (0: unknown)
+    grey: bool = False                    # no colour: one channel, or files of grey modes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -106,7 +108,7 @@ class ImageSet:
             images = self.images.subset(indices)
         labels = None if self.labels is None else self.labels[indices]
         return ImageSet(self.name, images, self.channels, labels, self.class_names,
-                        self.skipped, self.native_size)
+                        self.skipped, self.native_size, self.grey)
 
     def path(self, index: int) -> str | None:
         """The file of image ``index`` (None for in-memory images)."""
@@ -206,7 +208,10 @@ def _from_array(name: str, x: np.ndarray, y: np.ndarray | None) -> ImageSet:
             raise DataError(f"{name}: labels must be {len(x)} integers, got {y.dtype} {y.shape}")
         labels = y.astype(np.int64)
     images = torch.from_numpy(np.ascontiguousarray(x))
-    return ImageSet(name, images, images.shape[1], labels, native_size=max(x.shape[2:]))
+    grey = images.shape[1] == 1 or bool(torch.equal(images[:, 0], images[:, 1])
+                                        and torch.equal(images[:, 1], images[:, 2]))
+    return ImageSet(name, images, images.shape[1], labels, native_size=max(x.shape[2:]),
+                    grey=grey)
 
 
 def _digits() -> ImageSet:
@@ -303,19 +308,27 @@ def _scan(root: str, every: float,
     return found, tops, top_names
 
 
-def _header_sample(index: FileIndex) -> tuple[np.ndarray, list[tuple[str, str]]]:
+def _is_grey_mode(mode: str) -> bool:
+    """PIL modes without colour: bilevel, grey (with alpha), 32-bit and 16-bit integer, float."""
+    return mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;")
+
+
+def _header_sample(index: FileIndex) -> tuple[np.ndarray, bool, list[tuple[str, str]]]:
     """Largest sides read from the headers of up to ``HEADER_SAMPLE`` files spread over the
-    index (no decoding), and the files among them that do not open."""
+    index (no decoding), whether every one of them is of a grey mode, and the files among them
+    that do not open."""
     picks = np.unique(np.linspace(0, len(index) - 1, min(len(index), HEADER_SAMPLE)).round())
-    sides, bad = [], []
+    sides, modes, bad = [], set(), []
     for i in picks.astype(np.int64):
         path = index.path(int(i))
         try:
             with Image.open(path) as img:
                 sides.append(max(img.size))
+                modes.add(img.mode)
         except Exception as exc:  # any failure means the file is unusable
             bad.append((path, f"{type(exc).__name__}: {exc}"))
-    return np.asarray(sides, dtype=np.int64), bad
+    grey = bool(modes) and all(map(_is_grey_mode, modes))
+    return np.asarray(sides, dtype=np.int64), grey, bad
 
 
 _CHECKED: FileIndex | None = None  # the index a --check-images worker process reads
@@ -387,7 +400,7 @@ def _image_folder(root: Path, check: bool, workers: int, every: float,
                       ends - np.fromiter(map(len, rel_paths), dtype=np.int64), ends)
     labels, class_names = _folder_labels(tops, top_names)
     del rel_paths, tops
-    sides, bad_headers = _header_sample(index)
+    sides, grey, bad_headers = _header_sample(index)
     for path, why in bad_headers:
         warnings.warn(f"unreadable image {path}: {why}", stacklevel=3)
     if len(sides) == 0:
@@ -405,7 +418,7 @@ def _image_folder(root: Path, check: bool, workers: int, every: float,
         index = index.subset(keep)
         labels = None if labels is None else labels[keep]
     return ImageSet(str(root), index, 3, labels, class_names, skipped,
-                    native_size=int(np.median(sides)))
+                    native_size=int(np.median(sides)), grey=grey)
 
 
 def save_index(images: ImageSet, path: Path) -> None:
@@ -422,7 +435,7 @@ def save_index(images: ImageSet, path: Path) -> None:
                  has_labels=np.array(images.labels is not None),
                  class_names=np.array(images.class_names, dtype=str),
                  skipped=np.array(images.skipped, dtype=str).reshape(-1, 2),
-                 native_size=np.array(images.native_size))
+                 native_size=np.array(images.native_size), grey=np.array(images.grey))
     os.replace(tmp, path)
 
 
@@ -439,7 +452,7 @@ def read_index(path: Path, root: Path | None = None) -> ImageSet | None:
             labels = f["labels"] if bool(f["has_labels"]) else None
             return ImageSet(index.root, index, 3, labels, [str(c) for c in f["class_names"]],
                             [(str(p), str(w)) for p, w in f["skipped"]],
-                            int(f["native_size"]))
+                            int(f["native_size"]), bool(f["grey"]))
     except (OSError, ValueError, KeyError):
         return None
 

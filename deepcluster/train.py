@@ -43,6 +43,7 @@ from . import distributed, metrics, rundir
 from .checkpoint import (
     CheckpointError,
     check_compatible,
+    check_sobel,
     level_assignments,
     load_checkpoint,
     rng_state,
@@ -379,10 +380,13 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
         raise CheckpointError(f"checkpoint has {checkpoint['num_images']} images, the data "
                                   f"now has {n}: resume on the same data")
     ks = config.cluster_ks()
-    model_spec = {"arch": config.arch, "num_clusters": sum(ks), "sobel": config.sobel,
+    model_spec = {"arch": config.arch, "num_clusters": sum(ks),
+                  "sobel": config.sobel_for(images.grey),
                   "in_channels": images.channels, "image_size": image_size,
                   "width": config.width, "dropout": config.dropout, "head": config.head,
                   "pool2": config.pool2}
+    if checkpoint is not None:
+        check_sobel(checkpoint["model_spec"], model_spec["sobel"], out / "checkpoint.pt")
     try:
         check_fits(model_spec, config.batch_size, device,
                    int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
@@ -431,7 +435,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
         else "no labels"
     print0(f"data {images.name}: {n} images, {labels_info}, {images.channels} channel(s) -> "
            f"{image_size}px | {config.arch} (width {config.width}, head {config.head}, sobel "
-           f"{config.sobel}) "
+           f"{model_spec['sobel']}) "
            f"feature dim {model.feature_dim} | k {'/'.join(map(str, ks))} | device {device} | "
            f"epochs {start_epoch}..{config.epochs - 1}", flush=True)
     print0(f"{world} process(es) | batch size {config.batch_size} per process, "

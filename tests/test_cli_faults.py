@@ -283,6 +283,18 @@ def test_partial_last_metrics_line_is_tolerated_on_resume(finished_run, tmp_path
     assert "metrics.jsonl line 1 is not a per-epoch record" in line
 
 
+def test_resume_where_the_automatic_sobel_chooses_otherwise_names_the_flag(finished_run,
+                                                                          tmp_path, capsys):
+    # Sobel on grey images, as every run had before --sobel became automatic (off for grey).
+    run = str(tmp_path / "run")
+    assert main([*finished_run[1], "--sobel", "--out", run]) == 0
+    resume = [*finished_run[1], "--epochs", "2", "--out", run, "--resume"]
+    line = _fail(resume, capsys)
+    assert ("ran with sobel True, the automatic --sobel chooses False for these images: resume "
+            "with --sobel") in line
+    assert main([*resume, "--sobel"]) == 0
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_an_append_to_a_full_disk_says_so():
     # /dev/full answers every write with ENOSPC, as a full disk does.

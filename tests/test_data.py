@@ -178,6 +178,7 @@ def test_index_lists_sorts_labels_and_round_trips(tmp_path):
     back = data.read_index(saved, root)
     assert [back.path(i) for i in range(len(back))] == [images.path(i) for i in range(6)]
     assert np.array_equal(back.labels, images.labels) and back.native_size == 30
+    assert not images.grey and not back.grey  # colour PNGs
     assert data.read_index(saved, tmp_path) is None
     assert data.read_index(tmp_path / "nothing.npz") is None
     # load_images with the index file reads it instead of listing again.
@@ -187,6 +188,30 @@ def test_index_lists_sorts_labels_and_round_trips(tmp_path):
     # A subset shares the path bytes.
     sub = images.subset(np.array([4, 1]))
     assert sub.path(0) == images.path(4) and sub.images.blob is index.blob
+
+
+def test_grey_images_are_told_from_colour_ones(tmp_path):
+    # In memory: one channel, or three equal planes, is grey; one differing pixel is colour.
+    grey = RNG.integers(0, 256, (5, 8, 8), dtype=np.uint8)
+    coloured = np.repeat(grey[..., None], 3, axis=-1)
+    coloured[2, 3, 4, 1] ^= 1
+    for x, want in ((grey, True), (np.repeat(grey[..., None], 3, axis=-1), True),
+                    (coloured, False)):
+        np.savez(tmp_path / "x.npz", x_train=x)
+        assert data.load_images(str(tmp_path / "x.npz")).grey is want
+    assert data.load_images("digits").grey
+    # A folder: grey when every sampled file has a grey mode (L, LA, 16-bit, float), kept in
+    # the index and in subsets; one RGB file among them makes it colour.
+    root = tmp_path / "d"
+    (root / "a").mkdir(parents=True)
+    for i, mode in enumerate(("L", "LA", "I;16", "F")):
+        Image.new(mode, (9, 7)).save(root / "a" / f"{i}.{'tiff' if mode == 'F' else 'png'}")
+    images = data.load_images(str(root), show=False)
+    assert images.grey and images.channels == 3 and images.subset(np.array([1, 0])).grey
+    data.save_index(images, tmp_path / "index.npz")
+    assert data.read_index(tmp_path / "index.npz", root).grey
+    Image.fromarray(RGB).save(root / "a" / "4.png")
+    assert not data.load_images(str(root), show=False).grey
 
 
 def test_input_size_from_headers_and_unlabelled_folders(tmp_path):

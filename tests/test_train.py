@@ -58,6 +58,9 @@ def test_two_epochs_on_an_image_folder(tmp_path, capsys):
     assert records[0]["kmeans_seed"] != records[1]["kmeans_seed"]
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert checkpoint["epoch"] == 2 and checkpoint["num_images"] == 12
+    # Colour images: the automatic --sobel is on (the paper's), and the header says so.
+    assert checkpoint["config"]["sobel"] is None and checkpoint["model_spec"]["sobel"] is True
+    assert "3 channel(s)" in printed and "sobel True)" in printed
     assert checkpoint["config"]["data"] == str(data)
     # The logged scores are those of the checkpoint's assignments against the folder labels.
     labels = np.repeat([0, 1], 6)
@@ -85,6 +88,10 @@ def test_coarser_levels_train_one_top_layer_of_every_levels_outputs(tmp_path):
                  "--k", "8", "--k-levels", "2", *args]) == 0
     checkpoint = load_checkpoint(out / "checkpoint.pt")
     assert checkpoint["model_spec"]["num_clusters"] == 8 + 2
+    # Grey digits: the automatic --sobel is off; the network reads the one channel itself.
+    spec = checkpoint["model_spec"]
+    assert spec["sobel"] is False and spec["in_channels"] == 1
+    assert model_from_checkpoint(checkpoint)[0].sobel is None
     assert checkpoint["model"]["top_layer.weight"].shape[0] == 10
     levels = checkpoint["assignments"]
     assert levels.shape == (60, 2) and int(levels[:, 0].max()) < 8 and int(levels[:, 1].max()) < 2
@@ -132,8 +139,15 @@ def test_config_file_and_overrides(tmp_path):
     yml.write_text("k: 7\nbatch_size: 32\nsobel: true\n")
     config = parse_config(["--config", str(yml), "--no-sobel"])
     assert (config.k, config.batch_size, config.sobel) == (7, 32, False)
-    assert (Config().dropout, Config().flip, Config().head, Config().pool2) == \
-        (0.0, False, "none", True)
+    assert (Config().dropout, Config().flip, Config().head, Config().pool2, Config().sobel) == \
+        (0.0, False, "none", True, None)
+    # sobel: automatic unless given, on the command line or in a file (YAML null: automatic).
+    assert parse_config(["--sobel"]).sobel is True and parse_config([]).sobel is None
+    assert [Config().sobel_for(grey=g) for g in (True, False)] == [False, True]
+    assert [Config(sobel=True).sobel_for(grey=True),
+            Config(sobel=False).sobel_for(grey=False)] == [True, False]
+    yml.write_text("sobel: null\n")
+    assert parse_config(["--config", str(yml)]).sobel is None
     assert not parse_config(["--no-pool2"]).pool2
     config = parse_config(["--dropout", "0.5", "--head", "fc", "--flip"])
     assert (config.dropout, config.head, config.flip) == (0.5, "fc", True)
@@ -146,6 +160,7 @@ def test_config_file_and_overrides(tmp_path):
                           ("jitter: -0.1\n", "jitter must be in"),
                           ("kmeans_backend: faiss\n", "kmeans_backend must be one of"),
                           ("kmeans_redo: 0\n", "kmeans_redo must be positive"),
+                          ("sobel: 1\n", "sobel must be bool, got 1"),
                           ("- 1\n", "table of settings"), ("k: [\n", "not valid yaml")):
         yml.write_text(text)
         with pytest.raises(ConfigError, match=message):

@@ -307,6 +307,22 @@ def test_checkpoint_before_dropout_flip_jitter_levels_head_pool2_resumes_as_it_r
                                         jitter=0.0, k_levels=1), "old.pt")
 
 
+def test_checkpoint_that_named_sobel_resumes_where_auto_makes_the_same_choice():
+    # Written when Sobel was on by default: the config named sobel True. The automatic choice
+    # is only known once the images are loaded; check_sobel compares it with the network's.
+    from deepcluster.checkpoint import check_compatible, check_sobel
+    from deepcluster.config import Config
+    old = Config(k=7, sobel=True).to_dict()
+    check_compatible(old, Config(k=7), "old.pt")
+    with pytest.raises(CheckpointError, match="sobel: checkpoint True, now False"):
+        check_compatible(old, Config(k=7, sobel=False), "old.pt")
+    check_sobel({"sobel": True}, Config(k=7).sobel_for(grey=False), "old.pt")  # colour: on
+    with pytest.raises(CheckpointError, match="ran with sobel True, the automatic --sobel "
+                                              "chooses False for these images: resume with "
+                                              "--sobel"):
+        check_sobel({"sobel": True}, Config(k=7).sobel_for(grey=True), "old.pt")
+
+
 def test_rng_state_roundtrip_through_weights_only(tmp_path):
     import random
     torch.manual_seed(0)
