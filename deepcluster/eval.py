@@ -12,8 +12,8 @@ Tasks (all on frozen features, computed with torch and dc_kernels on the chosen 
   in the paper's Table 1), trained on the train split, top-1 on the test split.
 - knn: weighted kNN top-1 (cosine, k = 20 and 200) of the test split among the train split.
 These three score the embedding (the clustered features) and every conv layer; "best conv" rows
-repeat them at the conv layer whose linear probe scores highest on 20 % of the train split held
-out from the probe's training (chosen per model; the test split plays no part in the choice).
+repeat them at the conv layer whose linear probe scores highest in a 5-fold cross-validation on
+the train split (chosen per model; the test split plays no part in the choice).
 - retrieval: mAP of ranking the train split for each test image, relevant = same label.
 - extract: the --layer features and labels of each split to .npz (``features`` N x D float32,
   ``labels`` N int64, -1 = unknown).
@@ -64,7 +64,7 @@ TASKS = ("cluster", "linear", "knn", "retrieval", "extract", "pictures")
 DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
 BASELINES = ("random", "none")
 KNN_KS = (20, 200)
-HELD_OUT = 0.2  # of the labelled train samples, for choosing the best conv layer
+CV_FOLDS = 5  # folds of the labelled train samples that choose the best conv layer
 CLUSTER_METRICS = {"nmi": "NMI", "ari": "ARI", "acc": "ACC", "purity": "purity"}
 PICTURE_ROWS = 6  # clusters / filters shown in the top-image pictures
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -234,44 +234,46 @@ def _cluster_ks(labels: torch.Tensor, run_k: int | None, n: int) -> list[int]:
     return sorted({k for k in (classes, run_k or 0) if 2 <= k <= n})
 
 
-def _held_out_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Indices (fit, held out) of the labelled train samples, ``HELD_OUT`` of them held out at
-    random (fixed by ``seed``); None when either part would be empty."""
+def _cv_folds(labels: torch.Tensor, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """(fit, held out) indices of the ``CV_FOLDS`` folds of the labelled train samples, shuffled
+    by ``seed``: each sample is held out once. None with fewer labelled samples than folds."""
     known = torch.nonzero(labels >= 0).flatten().cpu()
-    held = round(HELD_OUT * known.numel())
-    if held < 1 or held >= known.numel():
+    if known.numel() < CV_FOLDS:
         return None
     order = known[torch.randperm(known.numel(), generator=torch.Generator().manual_seed(seed))]
-    return order[held:].to(labels.device), order[:held].to(labels.device)
+    folds = order.tensor_split(CV_FOLDS)
+    return [(torch.cat(folds[:i] + folds[i + 1:]).to(labels.device), held.to(labels.device))
+            for i, held in enumerate(folds)]
 
 
 class _BestConv:
     """The conv layers' scores of one model, and the choice of its best conv layer.
 
-    The best conv layer is the one whose linear probe scores highest on a part of the train split
-    held out from the probe's training (``select``; on a tie, the shallower layer), never on the
-    test split whose scores are then reported at it: a layer picked by its test score would
-    carry that split's noise into the best-conv rows.
+    The best conv layer is the one whose linear probe scores highest in a cross-validation on
+    the train split (``select``; on a tie, the shallower layer), never on the test split whose
+    scores are then reported at it: a layer picked by its test score would carry that split's
+    noise into the best-conv rows. Every train sample is held out once, so the choice does not
+    rest on a few hundred of them.
     """
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], dict[str, float]] = {}
-        self.held_out: dict[str, float] = {}
+        self.cross_validated: dict[str, float] = {}
 
     def add(self, layer: str, task: str, metric: str, value: float | None) -> None:
         if layer != EMBED and value is not None:
             self.values.setdefault((task, metric), {})[layer] = value
 
-    def select(self, layer: str, held_out_probe: float) -> None:
-        """Record ``layer``'s probe accuracy on the held-out part of the train split."""
-        self.held_out[layer] = held_out_probe
+    def select(self, layer: str, cross_validated_probe: float) -> None:
+        """Record ``layer``'s cross-validated probe accuracy on the train split."""
+        self.cross_validated[layer] = cross_validated_probe
 
     def report(self, report: EvalReport, name: str) -> None:
-        if not self.held_out:
+        if not self.cross_validated:
             return
-        layer = max(self.held_out, key=self.held_out.__getitem__)
-        report.notes.append(f"{name}: the best conv layer (highest linear probe on the held-out "
-                            f"{HELD_OUT:.0%} of the train split) is {layer}")
+        layer = max(self.cross_validated, key=self.cross_validated.__getitem__)
+        report.notes.append(f"{name}: the best conv layer (highest linear probe in {CV_FOLDS}-fold "
+                            f"cross-validation on the train split) is {layer}")
         for (task, metric), values in self.values.items():
             report.add(task, f"best conv {metric}", name, values.get(layer))
 
@@ -285,8 +287,8 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
 
     Clustering (k = the number of classes, plain PCA; the embedding also as the run clusters,
     at the classes and at the run's k), kNN and the linear probe score the embedding and each
-    conv layer, then again at the best conv layer (the highest linear probe on a held-out part of
-    the train split).
+    conv layer, then again at the best conv layer (the highest linear probe in a cross-validation
+    on the train split).
     """
     device = opts["device"]
     train_layers, test_layers = _layers_needed(tasks, model, opts["layer"], pictures)
@@ -340,24 +342,26 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
         if layer == EMBED and k == run_k and power == run_power:
             run_clustering = result
     if "linear" in tasks and has_test_labels:
-        split = _held_out_split(train_y, opts["seed"])
-        if split is None:
-            print(f"[{name}] no best conv layer: too few labelled train samples to hold "
-                  f"{HELD_OUT:.0%} out", flush=True)
+        folds = _cv_folds(train_y, opts["seed"])
+        if folds is None:
+            print(f"[{name}] no best conv layer: fewer labelled train samples than the "
+                  f"{CV_FOLDS} folds that choose it", flush=True)
         for layer in scored:
             acc = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
                                           epochs=opts["probe_epochs"], seed=opts["seed"])
             report.add("linear", f"{layer} ({train_f[layer].shape[1]} d) top-1 %", name, acc)
             best.add(layer, "linear", "top-1 %", acc)
-            held_line = ""
-            if layer != EMBED and split is not None:
-                fit, held = split
-                held_acc = eval_tasks.linear_probe(
+            cv_line = ""
+            if layer != EMBED and folds is not None:
+                # Each fold's accuracy weighted by its size: the share of train samples that the
+                # probe not trained on them labels right.
+                cv_acc = sum(len(held) * eval_tasks.linear_probe(
                     train_f[layer][fit], train_y[fit], train_f[layer][held], train_y[held],
-                    epochs=opts["probe_epochs"], seed=opts["seed"])
-                best.select(layer, held_acc)
-                held_line = f" (held-out train: {held_acc:.2f} %)"
-            print(f"[{name}] linear {layer}: {acc:.2f} %{held_line}", flush=True)
+                    epochs=opts["probe_epochs"], seed=opts["seed"]) for fit, held in folds)
+                cv_acc /= sum(len(held) for _, held in folds)
+                best.select(layer, cv_acc)
+                cv_line = f" (cross-validated on train: {cv_acc:.2f} %)"
+            print(f"[{name}] linear {layer}: {acc:.2f} %{cv_line}", flush=True)
     if "knn" in tasks and has_test_labels:
         for layer in scored:
             for k, acc in eval_tasks.knn_accuracy(train_f[layer], train_y, test_f[layer],

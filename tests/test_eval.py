@@ -224,7 +224,7 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     assert all(r["difference"] == pytest.approx(r["learned"] - r["random"])
                for r in rows.values())
     # Cluster, kNN and linear score the embedding and every conv layer; the "best conv" rows
-    # repeat, per model, the conv layer whose probe scores highest on the held-out train part.
+    # repeat, per model, the conv layer whose probe scores highest in the cross-validation.
     convs = [f"conv{i}" for i in range(1, 6)]
     for layer in ["embed", *convs]:
         assert ("cluster", f"{layer} k=10 NMI") in rows and ("knn", f"{layer} k=20 top-1 %") in rows
@@ -232,12 +232,13 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     for model in ("learned", "random"):
         probes = {metric.split()[0]: r[model] for (task, metric), r in rows.items()
                   if task == "linear" and metric.startswith("conv")}
-        held_out = {layer: float(acc) for layer, acc in re.findall(
-            rf"\[{model}\] linear (conv\d): [\d.]+ % \(held-out train: ([\d.]+) %\)", printed)}
-        assert sorted(held_out) == convs
-        best = max(held_out, key=held_out.__getitem__)
-        assert (f"{model}: the best conv layer (highest linear probe on the held-out 20% of the "
-                f"train split) is {best}") in table
+        cross_validated = {layer: float(acc) for layer, acc in re.findall(
+            rf"\[{model}\] linear (conv\d): [\d.]+ % \(cross-validated on train: ([\d.]+) %\)",
+            printed)}
+        assert sorted(cross_validated) == convs
+        best = max(cross_validated, key=cross_validated.__getitem__)
+        assert (f"{model}: the best conv layer (highest linear probe in 5-fold cross-validation "
+                f"on the train split) is {best}") in table
         for task, metric in (("knn", "k=20 top-1 %"), ("cluster", "k=10 NMI")):
             at_best = rows[(task, f"{best} {metric}")][model]
             assert rows[(task, f"best conv {metric}")][model] == at_best
@@ -327,33 +328,35 @@ def test_end_to_end_on_cuda_agrees_with_cpu(tiny_run, tmp_path) -> None:
         assert gpu.rows[key]["learned"] == pytest.approx(cpu.rows[key]["learned"], abs=1.0)
 
 
-def test_best_conv_is_chosen_on_the_held_out_train_part_and_the_shallower_on_a_tie() -> None:
+def test_best_conv_is_chosen_by_cross_validation_and_the_shallower_on_a_tie() -> None:
     best = dc_eval._BestConv()
-    # conv1 has the highest test probe but not the highest held-out one: the test split does
-    # not choose.
-    for layer, probe, held_out, nmi in (("conv1", 90.0, 80.0, 0.5), ("conv2", 85.0, 85.0, 0.6),
-                                        ("conv3", 86.0, 85.0, 0.7),
-                                        ("embed", 99.0, 99.0, 0.9)):  # never a conv layer
+    # conv1 has the highest test probe but not the highest cross-validated one: the test split
+    # does not choose.
+    scores = (("conv1", 90.0, 80.0, 0.5), ("conv2", 85.0, 85.0, 0.6), ("conv3", 86.0, 85.0, 0.7),
+              ("embed", 99.0, 99.0, 0.9))  # the embedding is never a conv layer
+    for layer, probe, cross_validated, nmi in scores:
         best.add(layer, "linear", "top-1 %", probe)
         best.add(layer, "cluster", "k=10 NMI", nmi)
         if layer != "embed":
-            best.select(layer, held_out)
+            best.select(layer, cross_validated)
     report = dc_eval.EvalReport(models=["learned"])
     best.report(report, "learned")
-    assert report.notes == ["learned: the best conv layer (highest linear probe on the held-out "
-                            "20% of the train split) is conv2"]
+    assert report.notes == ["learned: the best conv layer (highest linear probe in 5-fold "
+                            "cross-validation on the train split) is conv2"]
     assert report.rows[("cluster", "best conv k=10 NMI")] == {"learned": 0.6}
     assert report.rows[("linear", "best conv top-1 %")] == {"learned": 85.0}
 
 
-def test_held_out_split_is_a_fixed_fifth_of_the_labelled_train_samples() -> None:
+def test_cv_folds_hold_out_every_labelled_train_sample_once() -> None:
     labels = torch.tensor([0, 1, -1, 2, 0, 1, 2, -1, 0, 1, 2, 0])  # 10 labelled
-    fit, held = dc_eval._held_out_split(labels, seed=5)
-    assert len(held) == 2 and len(fit) == 8
-    assert sorted([*fit.tolist(), *held.tolist()]) == [i for i in range(12) if labels[i] >= 0]
-    again = dc_eval._held_out_split(labels, seed=5)
-    assert torch.equal(fit, again[0]) and torch.equal(held, again[1])
-    other = [tuple(dc_eval._held_out_split(labels, seed=s)[1].tolist()) for s in range(6, 16)]
-    assert any(h != tuple(held.tolist()) for h in other)
-    # Two labelled samples leave nothing to hold out (20 % of 2 rounds to 0).
-    assert dc_eval._held_out_split(torch.tensor([0, -1, 1]), seed=0) is None
+    folds = dc_eval._cv_folds(labels, seed=5)
+    assert len(folds) == 5 and all(len(held) == 2 and len(fit) == 8 for fit, held in folds)
+    labelled = [i for i in range(12) if labels[i] >= 0]
+    assert sorted(i for _, held in folds for i in held.tolist()) == labelled
+    for fit, held in folds:
+        assert sorted([*fit.tolist(), *held.tolist()]) == labelled
+    again = dc_eval._cv_folds(labels, seed=5)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    assert not torch.equal(dc_eval._cv_folds(labels, seed=6)[0][1], folds[0][1])
+    # Four labelled samples cannot fill five folds.
+    assert dc_eval._cv_folds(torch.tensor([0, -1, 1, 0, 1]), seed=0) is None
