@@ -29,8 +29,8 @@
 # compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json},
 # train.log and train/ (the logs, summary and JSON of bench/train_e2e.sh).
 # OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS leaves steps out, any of:
-# tests compare memcheck kmeans steps pca train interp; the machine, wheels, build and summary
-# always run.
+# tests compare memcheck kmeans kmeans:SHAPE steps pca train interp; the machine, wheels, build
+# and summary always run.
 # GPU_CHECK_RESUME=1 goes on where the last call on the same (still warm) machine stopped: the
 # logs and the list of finished steps live in /tmp/gpu_check.state, a finished step (passed or
 # failed) is not run again, nor the build when it succeeded, and the summary covers both calls.
@@ -130,6 +130,7 @@ run_tests() {  # run_tests SKIP-TOKEN TAG NAME MAX PYTEST-ARGS...
 # PROVIDER:PRECISION.
 kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX [PROVIDERS TO SKIP...]
   local shape=$1 iters=$2 tag=${1//:/_}
+  skipped "kmeans:$shape" && { record "k-means $shape" skip SKIP_STEPS; return 0; }
   begin "k-means $shape ($iters iterations per call)" kmeans "$3" || return 0
   shift 3
   timeout "$T" $PY -m bench.kmeans_bench --device cuda --shapes "$shape" --iters "$iters" \

@@ -460,9 +460,12 @@ def test_gpu_assign_at_size_within_the_quality_bar(gpu_case, precision):
 @pytest.mark.parametrize("precision,bar", [("fp32", 1e-3), ("tf32", 5e-3), ("bf16", 5e-3),
                                            ("fp16", 5e-3)])
 def test_gpu_kmeans_objective_within_the_quality_bar(gpu_case, precision, bar):
-    # Overlapping clusters, the same start: the objective after 10 iterations within the
-    # ANCHORS.md bars of the float64 Lloyd loop's (a near-tie may move either run elsewhere,
-    # hence a bar, not equality).
+    # Overlapping clusters, the same start: after 10 iterations the objective is no worse than
+    # the float64 Lloyd loop's by more than the ANCHORS.md bar. One-sided: a near-tie early on
+    # may send either run to another local minimum, and on an H200 the tf32 and fp16 runs all
+    # reached one 1.1 % lower than float64's. The reported objective must be the true one: the
+    # float64 objective of the returned centroids is no higher than the last reported one
+    # (one more Lloyd step cannot raise it), up to the precision's rounding.
     needs_precision(gpu_case, precision)
     x = testing.blobs(20_000, 64, 50, seed=1, spread=1.0)
     init = testing.random_rows(x, 50, seed=3)
@@ -470,7 +473,10 @@ def test_gpu_kmeans_objective_within_the_quality_bar(gpu_case, precision, bar):
     res = dc_kernels.kmeans(xt, 50, niter=10, init_centroids=init_t, backend=gpu_case.name,
                             precision=precision, seed=3)
     _, objs64 = oracle.lloyd(x.numpy(), init.numpy(), niter=10, seed=3)
-    assert abs(res.history[-1]["obj"] - objs64[-1]) <= bar * objs64[-1]
+    reported = res.history[-1]["obj"]
+    assert reported <= (1 + bar) * objs64[-1]
+    true_obj = oracle.distances(x.numpy(), _host(res.centroids).astype(np.float64)).min(-1).sum()
+    assert true_obj <= (1 + bar) * reported
 
 
 def test_gpu_kmeans_splits_thousands_of_empty_clusters(gpu_case):

@@ -1,6 +1,7 @@
 """The triton backend's pruned assignment (``TritonBackend.pruner``, run here in the Triton
 interpreter): the Lloyd driver with it against the same driver with the plain ``assign`` gives
-identical labels, centroids, objectives and splits in every precision, at shapes that straddle
+identical labels, centroids, objectives and splits in every precision (on a GPU, centroids and
+objectives up to the order of atomic additions, see ``assert_identical``), at shapes that straddle
 the interpreter's 64-wide tiles; the kernels it adds agree bit for bit with ``assign``; the
 error bound its margin rests on holds against float64; and it does skip rows (a counter)."""
 
@@ -43,14 +44,22 @@ def run(x: torch.Tensor, init: torch.Tensor, niter: int, pruned: bool, precision
 
 def assert_identical(pruned: dc_kernels.KmeansResult, plain: dc_kernels.KmeansResult,
                      skips: bool = True, obj_rtol: float = 0.0) -> None:
-    """Labels, centroids, splits identical; objectives too (within obj_rtol: 16-bit modes on a
-    GPU may sum a kept row's distance in another order, see ops/assign.py: _launch)."""
+    """Labels and splits identical; centroids and objectives too in the interpreter (objectives
+    within obj_rtol: 16-bit modes may sum a kept row's distance in another order, see
+    ops/assign.py: _launch). On a GPU the cluster sums are atomic additions in no fixed order,
+    so two runs of the same unpruned loop already differ in the last bits: there centroids and
+    objectives agree to that order's rounding (seen on an H200: 5e-10 relative objectives)."""
+    exact = DEVICE.type == "cpu"
     assert torch.equal(pruned.labels, plain.labels)
-    assert torch.equal(pruned.centroids, plain.centroids)
+    if exact:
+        assert torch.equal(pruned.centroids, plain.centroids)
+    else:  # each of the 5 iterations rounds sums of a few hundred fp32 rows in another order
+        torch.testing.assert_close(pruned.centroids, plain.centroids, rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(pruned.history, plain.history, strict=True):
         for key in ("nsplit", "imbalance_factor"):
             np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
-        np.testing.assert_allclose(mine["obj"], theirs["obj"], rtol=obj_rtol, atol=0)
+        np.testing.assert_allclose(mine["obj"], theirs["obj"],
+                                   rtol=obj_rtol if exact else max(obj_rtol, 1e-6), atol=0)
         assert "reassigned" in mine and "reassigned" not in theirs
     # Not vacuous: the pruned run did skip rows (ties everywhere forbid it).
     assert not skips or min(h["reassigned"].min() for h in pruned.history) < 1.0
