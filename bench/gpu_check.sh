@@ -1,30 +1,30 @@
 #!/usr/bin/env bash
 # bench/gpu_check.sh: the one prepared GPU check (H100/H200, torch 2.11, no network).
-# Builds the package, runs the GPU tests, times every dc_kernels backend against flash-kmeans,
-# fast-pytorch-kmeans, fastkmeans and the chunked torch loop at the ANCHORS.md shapes, and
-# PCA-whitening 1,281,167 x 4096 -> 256 (fit + apply) against the torch pipeline, then the
-# end-to-end training step (bench/train_e2e.sh, when present); prints the acceptance table last.
-# Budget: about 8 minutes, start-up included (GPU_CHECK_SECONDS, default 470); each step has its
-# own timeout within it (the benchmarks mark the providers they could not reach as "not run:
-# time limit"), and a failing step is reported without stopping the rest.
-# Seen on an H200 (2026-11-26, the scripts before the bench harness: one timed run per
-# provider): the whole script in 367 s, 346 s without memcheck and PCA, each call about 30 s of
-# start-up on top. The harness times with triton.testing.do_bench (at least 8 calls per
-# provider), hence fewer iterations per call than then, and fewer providers at K = 100k.
+# Builds the package, runs the GPU tests, the trainer end to end (bench/train_e2e.sh), times
+# every dc_kernels backend against flash-kmeans, fast-pytorch-kmeans, fastkmeans and the chunked
+# torch loop at the ANCHORS.md shapes and PCA-whitening 1,281,167 x 4096 -> 256 (fit + apply)
+# against the torch pipeline; prints the acceptance table last.
+# Budget: GPU_CHECK_SECONDS (default 470); each step has its own timeout within it (the
+# benchmarks mark the providers they could not reach as "not run: time limit"), and a failing
+# step is reported without stopping the rest.
+# Seen on an H200 (2026-11-29): about 30 s of machine start-up per call; build 49 s; the GPU
+# tests 49 + 33 s with 4 xdist workers; the trainer 141 s; with GPU_CHECK_SECONDS=550 the
+# first call ended after the memcheck (543 s), and K = 100k, 50k : 100 and the interpreter
+# tests were left to a second call. A 15-minute lease holds about 800 s of script.
 #
 # Run it from the repository root on the device machine, carrying the peers' wheels:
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # The wheels are prepared once where pip can reach PyPI (.whl/ is git-ignored: never commit it):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform any -d .whl flash-kmeans==0.3.1 fastkmeans==0.5.0 fast-pytorch-kmeans==0.2.2 psutil
+#     --platform any -d .whl flash-kmeans==0.3.1 fastkmeans==0.5.0 fast-pytorch-kmeans==0.2.2
 # Checked 2026-11-26: flash_kmeans-0.3.1-py3-none-any.whl (41,757 B) and
 # fastkmeans-0.5.0-py3-none-any.whl (14,548 B), both pure Python; what they require (torch,
 # triton, numpy, tqdm) is already on the GPU image. Checked 2026-11-29:
 # fast_pytorch_kmeans-0.2.2-py3-none-any.whl (9,750 B), which imports psutil without declaring
-# it (psutil-7.2.2-cp36-abi3-manylinux...x86_64.whl, a binary wheel for any CPython 3).
+# it; the GPU image has psutil (seen working there 2026-11-29).
 #
-# Logs: written to $LOG (a scratch folder), packed at exit into $OUT/gpu_check_logs.tgz next to
+# Logs: written to $LOG (/tmp/gpu_check.state/logs), packed at exit into $OUT/gpu_check_logs.tgz next to
 # $OUT/summary.txt (the device tool brings back at most 8 files): build.log, tests_*.log,
 # compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json},
 # train.log and train/ (the logs, summary and JSON of bench/train_e2e.sh).

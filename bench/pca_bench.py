@@ -12,7 +12,8 @@ covariance's shape (d_in x rows @ rows x d_in) in the row's precision; then
   apply_ms  centre, project, whiten, L2-normalise over all rows
   eig_err   max relative error of the d_out eigenvalues against a float64 eigh of the
             float64 covariance (skipped with --no-reference)
-  out_err   max abs difference of the applied rows from the first provider's
+  out_err   max abs difference of the applied rows from the first provider's, each component's
+            sign matched to theirs (eigenvectors have no sign)
 
   python -m bench.pca_bench                     # 1,281,167 x 4096 -> 256 (on a GPU)
   python -m bench.pca_bench --quick             # 8,000 x 128 -> 16, seconds on a CPU
@@ -139,7 +140,10 @@ def measure(bench: Bench, provider: Provider, data: Data) -> Measured:
         eig_err = float(((values.to(reference) - reference).abs() / reference.abs()).max())
     if data.baseline is None:
         data.baseline = out
-    out_err = float((out.to(data.baseline) - data.baseline).abs().max())
+    out = out.to(data.baseline)
+    # An eigenvector's sign is arbitrary: match each component's sign to the first provider's.
+    out = out * torch.where((out * data.baseline).sum(0) < 0, -1.0, 1.0).to(out)
+    out_err = float((out - data.baseline).abs().max())
     return Measured(fit + apply, {"fit_ms": fit.median, "apply_ms": apply.median,
                                   "eig_err": eig_err, "out_err": out_err})
 

@@ -1,10 +1,10 @@
 """Progress of a long phase (listing, checking, features, training), suited to where it goes.
 
 On a terminal: one line redrawn in place, at most a few times a second. Otherwise (a log file, a
-pipe, a scheduler's output): a line every ``every`` seconds (and after the first step, so a
-log shows the run has started), each with the phase's images per second. Text that costs
-something to produce, such as a loss that needs a device sync, is passed as a callable and
-evaluated only when a line is due.
+pipe, a scheduler's output): a line every ``every`` seconds (and after the first step that
+counts any item, so a log shows the run has started), each with the phase's images per
+second. Text that costs something to produce, such as a loss that needs a device sync, is
+passed as a callable and evaluated only when a line is due.
 """
 
 import shutil
@@ -28,6 +28,7 @@ class Progress:
         self.tty = show and sys.stdout.isatty()
         self.steps = self.items = 0
         self.start = self._last = time.perf_counter()
+        self._shown = False  # a line was printed
 
     def rate(self) -> float:
         """Items per second since the phase began."""
@@ -52,9 +53,11 @@ class Progress:
         if self.tty:
             due = now - self._last >= _TTY_REFRESH or self.steps == self.total
         else:
-            due = self.every == 0 or self.steps == 1 or now - self._last >= self.every
+            # The first line waits for an item: listing a folder of folders starts with 0 files.
+            first = not self._shown and self.items > 0
+            due = self.every == 0 or first or now - self._last >= self.every
         if due:
-            self._last = now
+            self._last, self._shown = now, True
             text = self.line(extra() if extra is not None else "")
             if self.tty:
                 width = shutil.get_terminal_size().columns - 1

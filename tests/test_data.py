@@ -378,6 +378,10 @@ def test_progress_lines_and_lazy_text(capsys, monkeypatch):
     for _ in range(1000):
         p.step(8, text)
     assert len(capsys.readouterr().out.splitlines()) == 1 and len(calls) == 1
+    listing = Progress("listing d:", every=3600, unit="files")  # the first line waits for an item
+    for found in (0, 0, 5, 7):
+        listing.step(found)
+    assert capsys.readouterr().out.splitlines()[0].startswith("listing d: 5 files |")
     quiet = Progress("x", total=3, every=0, show=False)
     quiet.step(1, text)
     assert capsys.readouterr().out == "" and len(calls) == 1
