@@ -89,16 +89,18 @@ def _compact_labels(train_y: torch.Tensor,
 
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, *, epochs: int = 10, batch_size: int = 1024,
+                 test_y: torch.Tensor, *, epochs: int = 30, batch_size: int = 1024,
                  lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> float:
     """Top-1 accuracy (%) on the test split of a linear classifier trained on frozen features.
 
     Features are standardised with the train split's statistics (conv activations of different
     layers differ in scale by orders of magnitude; one step size then serves them all). The
     classifier is trained with SGD + momentum, cosine-decayed step size, cross-entropy; fixed
-    hyper-parameters, no tuning on the test split. The defaults (10 epochs of 1024) were chosen
-    on a Fashion-MNIST train subset: longer training overfits a few thousand pooled dims and
-    costs minutes per layer on a CPU.
+    hyper-parameters, no tuning on the test split. 30 epochs of 1024: with 10 (the default
+    until 2026-11-29) the probe was still learning, by the 5-fold cross-validated accuracy on the
+    train split of digits and of Fashion-MNIST, which rose with 30 epochs for almost every conv
+    layer of both the learned and the random network (by up to 2.3 points) and moved little
+    more with 100.
     """
     train_x, train_y = _known(train_x, train_y, "train")
     test_x, test_y = _known(test_x, test_y, "test")
