@@ -24,10 +24,11 @@
 # fast_pytorch_kmeans-0.2.2-py3-none-any.whl (9,750 B), which imports psutil without declaring
 # it; the GPU image has psutil (seen working there 2026-11-29).
 #
-# Logs: written to $LOG (/tmp/gpu_check.state/logs), packed at exit into $OUT/gpu_check_logs.tgz next to
-# $OUT/summary.txt (the device tool brings back at most 8 files): build.log, tests_*.log,
-# compare_*.log, memcheck.log, kmeans_<shape>.{log,json}, steps.{log,json}, pca.{log,json},
-# train.log and train/ (the logs, summary and JSON of bench/train_e2e.sh).
+# Logs: written to $LOG (/tmp/gpu_check.state/logs), packed at exit into
+# $OUT/gpu_check_logs.tgz next to $OUT/summary.txt (the device tool brings back at most 8
+# files): build.log, tests_*.log, compare_*.log, memcheck.log, kmeans_<shape>.{log,json},
+# steps.{log,json}, pca.{log,json}, train.log and train/ (the logs, summary and JSON of
+# bench/train_e2e.sh).
 # OUT defaults to bench/results/gpu_check (git-ignored). SKIP_STEPS leaves steps out, any of:
 # tests compare memcheck kmeans kmeans:SHAPE steps pca train interp; the machine, wheels, build
 # and summary always run.
@@ -129,14 +130,15 @@ run_tests() {  # run_tests SKIP-TOKEN TAG NAME MAX PYTEST-ARGS...
 # large ones (a dense K x N one-hot matrix per iteration). Skip tokens: PROVIDER or
 # PROVIDER:PRECISION.
 kmeans_shape() {  # kmeans_shape SHAPE ITERS MAX [PROVIDERS TO SKIP...]
-  local shape=$1 iters=$2 tag=${1//:/_}
-  skipped "kmeans:$shape" && { record "k-means $shape" skip SKIP_STEPS; return 0; }
-  begin "k-means $shape ($iters iterations per call)" kmeans "$3" || return 0
+  local shape=$1 iters=$2 tag=${1//:/_} token=kmeans
+  local name="k-means $shape ($iters iterations per call)"
+  skipped "kmeans:$shape" && token="kmeans:$shape"
+  begin "$name" "$token" "$3" || return 0
   shift 3
   timeout "$T" $PY -m bench.kmeans_bench --device cuda --shapes "$shape" --iters "$iters" \
     --json "$LOG/kmeans_$tag.json" --time-limit "$(inner "$T")" --skip dc_kernels.torch "$@" \
     2>&1 | grep -v "Assertion .* failed" | tee "$LOG/kmeans_$tag.log"
-  record "k-means $shape ($iters iterations per call)" "${PIPESTATUS[0]}"
+  record "$name" "${PIPESTATUS[0]}"
 }
 
 compare() {  # compare BACKEND PRECISION: the first step where it parts from the torch backend

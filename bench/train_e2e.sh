@@ -9,8 +9,9 @@
 #    (the paper's network, 4096-d features; both epochs cluster) once per backend in
 #    E2E_BACKENDS ("triton-host auto"; NAME-host adds --features-on host: float16 features in
 #    pinned host memory, streamed through the GPU by dc_kernels, the path that ImageNet-size
-#    features take; auto picks triton on CUDA and keeps these features on the device), and prints from each run's metrics.jsonl: images/s of the
-#    feature and training passes, PCA and k-means seconds, peak GPU memory;
+#    features take; auto picks triton on CUDA and keeps these features on the device), and
+#    prints from each run's metrics.jsonl: images/s of the feature and training passes, PCA
+#    and k-means seconds, peak GPU memory;
 # 3. runs bench/data_bench.py on the same folder: the same passes fed by the plain torchvision
 #    ImageFolder pipeline (--model-passes), CPU ms per image, start-up on 100k files.
 # E2E_TRAIN_ARGS replaces the trainer's model/device settings (a CPU dry run:
@@ -53,8 +54,8 @@ for spec in $BACKENDS; do
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 print(f"backend {sys.argv[2]}:")
+nan = float("nan")  # an epoch that does not cluster has no feature, PCA or k-means times
 for r in rows:
-    nan = float("nan")
     print(f"  epoch {r['epoch']}: features {r.get('time_features', nan):.1f} s, "
           f"training {r['time_train']:.1f} s, pca {r.get('time_pca', nan):.2f} s, "
           f"k-means {r.get('time_kmeans', nan):.2f} s ({r.get('kmeans_backend')}), "

@@ -452,7 +452,7 @@ def evaluate(checkpoint: str | Path, *, data: str | None = None, test_data: str 
              tasks: Sequence[str] = DEFAULT_TASKS, out: str | Path | None = None,
              baseline: str = "random", layer: str = EMBED, device: str = "auto",
              batch_size: int = 256, workers: int = 0, max_train: int = 0, max_test: int = 0,
-             pool_dim: int = 2048, probe_epochs: int = 30, seed: int = 0,
+             pool_dim: int = 2048, probe_epochs: int = eval_tasks.PROBE_EPOCHS, seed: int = 0,
              kmeans_redo: int = 10, kmeans_backend: str = "auto") -> EvalReport:
     """Run ``tasks`` on the checkpoint's model and, with ``baseline='random'`` (the default; 'none'
     skips it), on the same architecture at random initialisation.
@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool-dim", type=int, default=2048,
                         help="conv activations are average-pooled to at most this many dims "
                              "(0: unpooled)")
-    parser.add_argument("--probe-epochs", type=int, default=30,
+    parser.add_argument("--probe-epochs", type=int, default=eval_tasks.PROBE_EPOCHS,
                         help="epochs of each linear probe (SGD, batches of 1024)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kmeans-redo", type=int, default=10,

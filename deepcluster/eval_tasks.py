@@ -88,8 +88,11 @@ def _compact_labels(train_y: torch.Tensor,
     return train_c, test_c, classes.numel()
 
 
+PROBE_EPOCHS = 30  # see linear_probe
+
+
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, *, epochs: int = 30, batch_size: int = 1024,
+                 test_y: torch.Tensor, *, epochs: int = PROBE_EPOCHS, batch_size: int = 1024,
                  lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> float:
     """Top-1 accuracy (%) on the test split of a linear classifier trained on frozen features.
 
