@@ -23,6 +23,7 @@ from .models import ARCHS, HEADS
 DEVICES = ("auto", "cpu", "cuda")
 LEVEL_RATIO = 4  # each coarser clustering of --k-levels has 4 times fewer clusters
 FEATURES_ON = ("auto", "device", "host")
+LR_SCHEDULES = ("constant", "cosine")
 NO_OUT = "none"  # --out none: write nothing
 SEED_LIMIT = 2**32  # NumPy's global seed must be below it
 MAX_DIST_TIMEOUT = 525_600.0  # minutes: a year
@@ -56,6 +57,7 @@ class Config:
     epochs: int = 24
     batch_size: int = 32
     lr: float = 0.05
+    lr_schedule: str = "constant"
     wd: float = 1e-5
     momentum: float = 0.9
     min_crop_scale: float = 0.0
@@ -95,6 +97,8 @@ class Config:
             (self.epochs >= 1, f"epochs must be positive, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be positive, got {self.batch_size}"),
             (finite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"),
             (finite(self.wd) and self.wd >= 0, f"wd must be a number >= 0, got {self.wd}"),
             (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
             (0 <= self.min_crop_scale <= 1,
@@ -144,6 +148,14 @@ class Config:
         them, rounded; levels below 2 clusters are left out)."""
         coarser = [round(self.k / LEVEL_RATIO**i) for i in range(1, self.k_levels)]
         return [self.k, *(k for k in coarser if k >= 2)]
+
+    def body_lr(self, epoch: int) -> float:
+        """The body's learning rate in ``epoch`` (0-based) under ``lr_schedule``: cosine falls
+        from ``lr`` at epoch 0 to ``lr * (1 + cos(pi * (epochs - 1) / epochs)) / 2`` at the
+        last, one step per epoch (a resumed run with more ``epochs`` stretches what is left)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1 + math.cos(math.pi * epoch / self.epochs)) / 2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,7 +208,10 @@ _HELP: dict[str, tuple[str, str | None]] = {
     "epochs": ("training epochs (24 measured better than 12 on small data: README)", "500"),
     "batch_size": ("mini-batch size (small by default: an epoch is one pass over the data, "
                    "and a small dataset needs many steps per clustering)", "256"),
-    "lr": ("learning rate of both SGDs (constant)", None),
+    "lr": ("learning rate of both SGDs (the body's follows --lr-schedule)", None),
+    "lr_schedule": ("the body's learning rate over the epochs: constant, or cosine (from --lr "
+                    "at the first epoch down towards 0 at the last; each fresh top layer "
+                    "keeps --lr)", "constant"),
     "wd": ("weight decay of both SGDs", None),
     "momentum": ("momentum of the body's SGD (the top layer's has none)", None),
     "min_crop_scale": ("smallest area fraction of the random resized crop (0: auto, 0.08 for "
@@ -262,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=text)
         else:
             choices = {"arch": ARCHS, "head": HEADS, "kmeans_backend": BACKENDS,
-                       "features_on": FEATURES_ON}.get(f.name)
+                       "features_on": FEATURES_ON, "lr_schedule": LR_SCHEDULES}.get(f.name)
             parser.add_argument(_flag(f.name), type=f.type, choices=choices, help=text,
                                 metavar=f.name.upper() if choices is None else None)
     return parser

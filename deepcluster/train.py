@@ -316,9 +316,10 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _summary(r: dict[str, Any], n: int) -> str:
+def _summary(r: dict[str, Any], n: int, show_lr: bool) -> str:
     """The epoch's log line (``n`` images); '-' where a value does not apply (no labels). An
-    epoch that does not cluster (``--reassign`` > 1) says so instead of the clustering fields."""
+    epoch that does not cluster (``--reassign`` > 1) says so instead of the clustering fields;
+    ``show_lr`` adds the body's learning rate (a schedule that changes it)."""
     if "time_features" in r:
         clustering = (
             f"features {r['time_features']:.1f}s ({n / r['time_features']:.0f} img/s) pca "
@@ -329,7 +330,8 @@ def _summary(r: dict[str, Any], n: int) -> str:
             f"{_fmt(r.get('acc_labels'))} kNN {_fmt(r.get('knn_labels'), '.1f')}")
     else:
         clustering = "no clustering: the previous pseudo-labels and top layer"
-    return (f"epoch {r['epoch']} | loss {r['loss']:.4f} | {clustering} | train "
+    return (f"epoch {r['epoch']}" + (f" | lr {r['lr']:.3g}" if show_lr else "")
+            + f" | loss {r['loss']:.4f} | {clustering} | train "
             f"{r['time_train']:.1f}s ({n / r['time_train']:.0f} img/s)"
             + (f" | unreadable {r['unreadable_images']}" if r.get("unreadable_images") else "")
             + (f" | GPU peak {r['gpu_peak_gib']:.2f} GiB" if "gpu_peak_gib" in r else ""))
@@ -439,8 +441,9 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
            f"feature dim {model.feature_dim} | k {'/'.join(map(str, ks))} | device {device} | "
            f"epochs {start_epoch}..{config.epochs - 1}", flush=True)
     print0(f"{world} process(es) | batch size {config.batch_size} per process, "
-           f"{config.batch_size * world} global | lr {config.lr} in every process, for the "
-           "gradient averaged over the global batch (not scaled with the process count)",
+           f"{config.batch_size * world} global | lr {config.lr} ({config.lr_schedule}) in every "
+           "process, for the gradient averaged over the global batch (not scaled with the "
+           "process count)",
            flush=True)
 
     # Each rank embeds its contiguous shard of the images: every image exactly once.
@@ -454,7 +457,9 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
 
     # ---- the epoch loop
     for epoch in range(start_epoch, config.epochs):
-        record: dict[str, Any] = {"epoch": epoch}
+        record: dict[str, Any] = {"epoch": epoch, "lr": config.body_lr(epoch)}
+        for group in optimizer.param_groups:
+            group["lr"] = record["lr"]
         found: list[int] = []  # this epoch's unreadable files (their image indices)
         if assignments is None or epoch % config.reassign == 0:
             items.items = shard
@@ -533,7 +538,7 @@ def _train(config: Config, cleanup: contextlib.ExitStack) -> list[dict[str, Any]
 
         # ---- bookkeeping: record, then checkpoint (a kill between them is undone on resume)
         records.append(record)
-        print0(_summary(record, n), flush=True)
+        print0(_summary(record, n, config.lr_schedule != "constant"), flush=True)
         if out is not None and distributed.is_main():
             rundir.append_line(out / "metrics.jsonl", json.dumps(record))
             if writer is not None:

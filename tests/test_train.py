@@ -16,7 +16,7 @@ from deepcluster.train import main
 # A network and a clustering small enough for a CPU test.
 TINY = ["--image-size", "16", "--width", "0.125", "--k", "3", "--pca-dim", "8",
         "--kmeans-iters", "5", "--batch-size", "8", "--workers", "0", "--reassign", "1"]
-KEYS = {"epoch", "loss", "time_features", "time_pca", "time_kmeans", "time_train",
+KEYS = {"epoch", "lr", "loss", "time_features", "time_pca", "time_kmeans", "time_train",
         "kmeans_obj", "empty_clusters", "nsplit", "size_min", "size_median", "size_max",
         "nmi_prev", "nmi_labels", "acc_labels", "knn_labels", "kmeans_seed", "kmeans_backend"}
 
@@ -124,6 +124,29 @@ def test_reassign_2_clusters_every_second_epoch(tmp_path, capsys):
     assert main([*args, "--epochs", "2", "--out", str(tmp_path / "two")]) == 0
     torch.testing.assert_close(load_checkpoint(tmp_path / "two" / "checkpoint.pt")["assignments"],
                                first)
+
+
+def test_cosine_schedule_sets_the_body_learning_rate_of_each_epoch(tmp_path, capsys):
+    import math
+    args = ["--data", "digits", "--max-images", "40", *TINY, "--lr", "0.04", "--out",
+            str(tmp_path / "run")]
+    assert main([*args, "--epochs", "2", "--lr-schedule", "cosine"]) == 0
+    # Resumed with more epochs: the rest of the run follows the cosine of the new length.
+    assert main([*args, "--epochs", "4", "--lr-schedule", "cosine", "--resume"]) == 0
+    records = [json.loads(line)
+               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # Epochs 0 and 1 of the 2-epoch run, then epochs 2 and 3 of the 4-epoch one.
+    expected = [0.04 * (1 + math.cos(math.pi * e / n)) / 2 for e, n in ((0, 2), (1, 2), (2, 4),
+                                                                        (3, 4))]
+    assert [r["lr"] for r in records] == pytest.approx(expected, rel=1e-12)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1])
+    # Each fresh top layer keeps --lr.
+    assert checkpoint["top_optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.04)
+    assert "| lr 0.00586 |" in capsys.readouterr().out
+    assert [Config(lr=0.1, epochs=5).body_lr(e) for e in range(5)] == [0.1] * 5
+    with pytest.raises(ConfigError, match="lr_schedule must be one of"):
+        Config(lr_schedule="step").validate()
 
 
 def test_config_file_and_overrides(tmp_path):
