@@ -30,6 +30,8 @@ From Python: ``evaluate(checkpoint, ...)`` returns an ``EvalReport``.
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -253,27 +255,54 @@ class _BestConv:
     the train split (``select``; on a tie, the shallower layer), never on the test split whose
     scores are then reported at it: a layer picked by its test score would carry that split's
     noise into the best-conv rows. Every train sample is held out once, so the choice does not
-    rest on a few hundred of them.
+    rest on a few hundred of them. The note that names it also names the layers whose
+    cross-validated probe is within one standard error of it (the spread of their paired
+    per-fold differences): between those, the choice is not settled by the data.
     """
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], dict[str, float]] = {}
         self.cross_validated: dict[str, float] = {}
+        self.per_fold: dict[str, list[float]] = {}
 
     def add(self, layer: str, task: str, metric: str, value: float | None) -> None:
         if layer != EMBED and value is not None:
             self.values.setdefault((task, metric), {})[layer] = value
 
-    def select(self, layer: str, cross_validated_probe: float) -> None:
-        """Record ``layer``'s cross-validated probe accuracy on the train split."""
-        self.cross_validated[layer] = cross_validated_probe
+    def select(self, layer: str, fold_accuracies: Sequence[float],
+               fold_sizes: Sequence[int]) -> float:
+        """Record ``layer``'s probe accuracy on each held-out fold of the train split; returns
+        the cross-validated accuracy (the folds' mean weighted by their sizes)."""
+        self.per_fold[layer] = list(fold_accuracies)
+        weighted = sum(a * n for a, n in zip(fold_accuracies, fold_sizes, strict=True))
+        self.cross_validated[layer] = weighted / sum(fold_sizes)
+        return self.cross_validated[layer]
+
+    def tied_with(self, best: str) -> list[tuple[str, float, float]]:
+        """(layer, its cross-validated probe minus ``best``'s, one standard error of that
+        difference) of each other layer within one standard error of ``best``."""
+        tied = []
+        for layer, folds in self.per_fold.items():
+            if layer == best or len(folds) < 2:
+                continue
+            gaps = [b - a for a, b in zip(folds, self.per_fold[best], strict=True)]
+            error = statistics.stdev(gaps) / math.sqrt(len(gaps))
+            difference = self.cross_validated[layer] - self.cross_validated[best]
+            if -difference <= error:
+                tied.append((layer, difference, error))
+        return tied
 
     def report(self, report: EvalReport, name: str) -> None:
         if not self.cross_validated:
             return
         layer = max(self.cross_validated, key=self.cross_validated.__getitem__)
-        report.notes.append(f"{name}: the best conv layer (highest linear probe in {CV_FOLDS}-fold "
-                            f"cross-validation on the train split) is {layer}")
+        tied = self.tied_with(layer)
+        report.notes.append(
+            f"{name}: the best conv layer (highest linear probe in {CV_FOLDS}-fold "
+            f"cross-validation on the train split) is {layer}; within one standard error of it "
+            f"(paired over the folds): " + (", ".join(
+                f"{other} ({difference:+.2f} ± {error:.2f} points)"
+                for other, difference, error in tied) or "no other layer"))
         for (task, metric), values in self.values.items():
             report.add(task, f"best conv {metric}", name, values.get(layer))
 
@@ -353,13 +382,12 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
             best.add(layer, "linear", "top-1 %", acc)
             cv_line = ""
             if layer != EMBED and folds is not None:
-                # Each fold's accuracy weighted by its size: the share of train samples that the
-                # probe not trained on them labels right.
-                cv_acc = sum(len(held) * eval_tasks.linear_probe(
+                # The folds' accuracies weighted by their sizes: the share of train samples that
+                # the probe not trained on them labels right.
+                cv_acc = best.select(layer, [eval_tasks.linear_probe(
                     train_f[layer][fit], train_y[fit], train_f[layer][held], train_y[held],
-                    epochs=opts["probe_epochs"], seed=opts["seed"]) for fit, held in folds)
-                cv_acc /= sum(len(held) for _, held in folds)
-                best.select(layer, cv_acc)
+                    epochs=opts["probe_epochs"], seed=opts["seed"]) for fit, held in folds],
+                    [len(held) for _, held in folds])
                 cv_line = f" (cross-validated on train: {cv_acc:.2f} %)"
             print(f"[{name}] linear {layer}: {acc:.2f} %{cv_line}", flush=True)
     if "knn" in tasks and has_test_labels:

@@ -333,20 +333,36 @@ def test_end_to_end_on_cuda_agrees_with_cpu(tiny_run, tmp_path) -> None:
 def test_best_conv_is_chosen_by_cross_validation_and_the_shallower_on_a_tie() -> None:
     best = dc_eval._BestConv()
     # conv1 has the highest test probe but not the highest cross-validated one: the test split
-    # does not choose.
-    scores = (("conv1", 90.0, 80.0, 0.5), ("conv2", 85.0, 85.0, 0.6), ("conv3", 86.0, 85.0, 0.7),
-              ("embed", 99.0, 99.0, 0.9))  # the embedding is never a conv layer
-    for layer, probe, cross_validated, nmi in scores:
+    # does not choose. conv2 and conv3 tie at 85 (the shallower is chosen); conv3's per-fold
+    # differences from conv2 spread wide, conv4's are steadily below.
+    sizes = [3, 3, 2, 2, 2]
+    scores = (("conv1", 90.0, [80.0, 80.0, 80.0, 80.0, 80.0], 0.5),
+              ("conv2", 85.0, [86.0, 84.0, 85.0, 85.0, 85.0], 0.6),
+              ("conv3", 86.0, [85.0, 85.0, 85.0, 84.0, 86.0], 0.7),
+              ("conv4", 80.0, [84.0, 83.0, 84.0, 84.0, 84.0], 0.8),
+              ("embed", 99.0, None, 0.9))  # the embedding is never a conv layer
+    for layer, probe, folds, nmi in scores:
         best.add(layer, "linear", "top-1 %", probe)
         best.add(layer, "cluster", "k=10 NMI", nmi)
-        if layer != "embed":
-            best.select(layer, cross_validated)
+        if folds is not None:
+            assert best.select(layer, folds, sizes) == pytest.approx(np.average(folds,
+                                                                                weights=sizes))
     report = dc_eval.EvalReport(models=["learned"])
     best.report(report, "learned")
+    gaps = np.array(scores[1][2]) - np.array(scores[2][2])
+    error = gaps.std(ddof=1) / np.sqrt(len(gaps))
     assert report.notes == ["learned: the best conv layer (highest linear probe in 5-fold "
-                            "cross-validation on the train split) is conv2"]
+                            "cross-validation on the train split) is conv2; within one standard "
+                            "error of it (paired over the folds): "
+                            f"conv3 (+0.00 ± {error:.2f} points)"]
     assert report.rows[("cluster", "best conv k=10 NMI")] == {"learned": 0.6}
     assert report.rows[("linear", "best conv top-1 %")] == {"learned": 85.0}
+    alone = dc_eval._BestConv()
+    for layer, _, folds, _ in scores[:2]:
+        alone.select(layer, folds, sizes)
+    alone.report(report, "random")
+    assert report.notes[-1].endswith("is conv2; within one standard error of it (paired over "
+                                     "the folds): no other layer")
 
 
 def test_cv_folds_hold_out_every_labelled_train_sample_once() -> None:
