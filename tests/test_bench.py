@@ -155,3 +155,38 @@ def test_gpu_summary_verdicts(tmp_path, capsys):
     assert not any("fp16: inertia" in text for text in lines)
     assert line("PCA fit+apply dc_kernels.triton")[-3:] == ["0.40", "0.5", "ok"]
     assert line("PCA apply dc_kernels.triton")[-3:] == ["0.60", "0.4", "MISSED"]
+
+
+def test_make_image_folder_writes_the_drawn_images_under_their_classes(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from bench.make_image_folder import make_image_folder
+    from deepcluster.data import load_images
+
+    digits = load_digits()
+    drawn = np.sort(np.random.default_rng(4).choice(len(digits.target), 30, replace=False))
+    assert make_image_folder("digits", tmp_path / "d", count=30, seed=4, size=12) == 30
+    files = sorted((tmp_path / "d").rglob("*.png"))
+    assert [int(f.stem) for f in sorted(files, key=lambda f: f.stem)] == drawn.tolist()
+    for f in files:
+        index = int(f.stem)
+        assert len(f.stem) == 4 and f.parent.name == str(digits.target[index])
+        # Independent reference: scikit-learn's 0..16 counts on 0..255, bicubic to 12 px.
+        grey = Image.fromarray(np.round(digits.images[index] * 255 / 16).astype(np.uint8))
+        image = Image.open(f)
+        assert image.mode == "L"
+        np.testing.assert_array_equal(np.asarray(image),
+                                      np.asarray(grey.resize((12, 12), Image.BICUBIC)))
+    # The trainer reads it back as a folder: the classes from the folder names, grey, 12 px.
+    images = load_images(str(tmp_path / "d"))
+    assert len(images) == 30 and images.grey and images.native_size == 12
+    assert sorted(images.class_names[y] for y in images.labels) == \
+        sorted(str(digits.target[i]) for i in drawn)
+    with pytest.raises(ValueError, match="not empty"):
+        make_image_folder("digits", tmp_path / "d", count=3)
+    with pytest.raises(ValueError, match="fewer than --count 2000"):
+        make_image_folder("digits", tmp_path / "e", count=2000)
+    with pytest.raises(ValueError, match="data must be one of"):
+        make_image_folder("mnist", tmp_path / "e")

@@ -1,0 +1,73 @@
+"""An ImageFolder of PNG files built from a data set this package reads, at a chosen size.
+
+    python -m bench.make_image_folder --data fashion-mnist-test --count 3000 --seed 5 --out DIR
+    python -m bench.make_image_folder --data digits --count 1000 --seed 11 --size 64 --out DIR
+
+The README's folder rows were trained and scored on such folders (`deepcluster-train --data
+DIR`): they take the path a user's own folder takes (file listing, decoding, grey detection,
+the image size chosen from the files), which the built-in arrays skip.
+
+The images are ``np.sort(np.random.default_rng(seed).choice(N, count, replace=False))`` of the
+data set's N, each written as ``CLASS/INDEX.png`` (INDEX zero-padded to the digits of N, the
+class folder named after the class), in grey (mode L), resized with PIL's bicubic filter to
+``--size`` pixels square when it is given (0 keeps the native size).
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deepcluster.data import load_images
+from deepcluster.eval import _fashion_mnist_test
+
+DATA = ("digits", "fashion-mnist", "fashion-mnist-test")
+# Fashion-MNIST's classes in label order, as folder names ('/' and ' ' cannot stay).
+FASHION_CLASSES = ("T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle_boot")
+
+
+def make_image_folder(data: str, out: Path, *, count: int = 0, seed: int = 0,
+                      size: int = 0) -> int:
+    """Write the folder; returns the number of images written."""
+    if data not in DATA:
+        raise ValueError(f"data must be one of {DATA}, got {data!r}")
+    if size < 0 or count < 0:
+        raise ValueError(f"count and size must be >= 0, got count {count}, size {size}")
+    images = _fashion_mnist_test() if data == "fashion-mnist-test" else load_images(data)
+    n = len(images)
+    if count > n:
+        raise ValueError(f"{data} has {n} images, fewer than --count {count}")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: choose a new folder")
+    chosen = (np.sort(np.random.default_rng(seed).choice(n, count, replace=False)) if count
+              else np.arange(n))
+    names = [str(c) for c in range(10)] if data == "digits" else list(FASHION_CLASSES)
+    width = len(str(n))
+    for index in chosen.tolist():
+        pixels = images.images[index][0].numpy()  # one grey channel, uint8
+        image = Image.fromarray(pixels, mode="L")
+        if size:
+            image = image.resize((size, size), Image.BICUBIC)
+        folder = out / names[int(images.labels[index])]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:0{width}d}.png")
+    return len(chosen)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", choices=DATA, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    parser.add_argument("--count", type=int, default=0, help="images drawn (0: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    parser.add_argument("--size", type=int, default=0, help="side in pixels (0: native)")
+    args = parser.parse_args(argv)
+    written = make_image_folder(args.data, args.out, count=args.count, seed=args.seed,
+                                size=args.size)
+    print(f"{written} images of {args.data} in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
