@@ -172,7 +172,7 @@ _HELP: dict[str, tuple[str, str | None]] = {
              "(ImageFolder layout gives evaluation labels)", "ImageNet"),
     "max_images": ("use a random subset of this many images (0: all)", None),
     "image_size": ("network input side in pixels (0: 32 for images up to 32 px, 64 up to "
-                   "64, else 224)", "224"),
+                   "64, 96 up to 96, else 224)", "224"),
     "arch": (f"network: {', '.join(ARCHS)} (alexnet and vgg16 with BatchNorm)", None),
     "width": ("multiplies the conv/FC widths of alexnet and vgg16", "1.0"),
     "head": ("what the top layer reads: 'fc', the FC6-FC7 layers of alexnet and vgg16 (4096 "

@@ -224,6 +224,9 @@ def test_input_size_from_headers_and_unlabelled_folders(tmp_path):
     assert data.default_image_size(images) == 32
     big = _folder(tmp_path / "big", sizes=((60, 50), (300, 200), (400, 500)))
     assert data.default_image_size(data.load_images(str(big), show=False)) == 224
+    for sides, network in (((64, 64, 40), 64), ((96, 80, 96), 96), ((97, 97, 90), 224)):
+        folder = _folder(tmp_path / f"median{sides[0]}", sizes=[(s, s) for s in sides])
+        assert data.default_image_size(data.load_images(str(folder), show=False)) == network
 
 
 def test_folders_without_usable_images(tmp_path):
