@@ -160,7 +160,8 @@ def test_two_ranks_cluster_as_one_process_and_log_once(two_rank_run, tmp_path):
     from deepcluster.train import main
 
     out, printed = two_rank_run
-    assert "2 process(es) | batch size 16 per process, 32 global | lr 0.05 (constant) in every" in printed
+    assert ("2 process(es) | batch size 16 per process, 32 global | lr 0.05 (constant) in "
+            "every") in printed
     # Rank 0 alone logs; each rank trains on half of the 96-sample epoch.
     for epoch in (0, 1):
         assert printed.count(f"epoch {epoch} step 1/3 loss") == 1
