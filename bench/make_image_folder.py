@@ -47,7 +47,7 @@ def make_image_folder(data: str, out: Path, *, count: int = 0, seed: int = 0,
     width = len(str(n))
     for index in chosen.tolist():
         pixels = images.images[index][0].numpy()  # one grey channel, uint8
-        image = Image.fromarray(pixels, mode="L")
+        image = Image.fromarray(pixels)  # 2-D uint8: grey, mode L
         if size:
             image = image.resize((size, size), Image.BICUBIC)
         folder = out / names[int(images.labels[index])]
