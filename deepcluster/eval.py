@@ -23,6 +23,9 @@ the train split (chosen per model; the test split plays no part in the choice).
 By default (``--baseline random``) the same tasks also run on the same architecture at random
 initialisation, and every number is tabulated beside it with the difference learned - random
 (results.md, results.json): a run whose features collapsed shows it on the row where it loses.
+Beside each NMI and top-1 difference, its standard error from which images were scored (a
+paired bootstrap of the samples; not the spread from the training seed): a difference within
+one or two of it could turn over on another draw of the images.
 ``--baseline none`` skips it. Written files are listed at the end of the output.
 
 From Python: ``evaluate(checkpoint, ...)`` returns an ``EvalReport``.
@@ -36,13 +39,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from . import data as dc_data
-from . import eval_tasks, plots, rundir
+from . import eval_tasks, metrics, plots, rundir
 from .checkpoint import (
     MODEL_KEYS,
     CheckpointError,
@@ -67,6 +70,7 @@ DEFAULT_TASKS = ("cluster", "linear", "knn", "retrieval", "pictures")
 BASELINES = ("random", "none")
 KNN_KS = (20, 200)
 CV_FOLDS = 5  # folds of the labelled train samples that choose the best conv layer
+BOOTSTRAP_RESAMPLES = 200  # of the samples, for each difference's standard error
 CLUSTER_METRICS = {"nmi": "NMI", "ari": "ARI", "acc": "ACC", "purity": "purity"}
 PICTURE_ROWS = 6  # clusters / filters shown in the top-image pictures
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -86,43 +90,80 @@ class Splits:
     description: str
 
 
+class Evidence(NamedTuple):
+    """What a score was computed from, sample by sample: ``statistic`` ("nmi" or "accuracy",
+    see ``metrics.paired_bootstrap_se``) of ``predicted`` against ``truth`` (CPU tensors)."""
+
+    statistic: str
+    truth: torch.Tensor
+    predicted: torch.Tensor
+
+
 @dataclass
 class EvalReport:
-    """``rows``: (task, metric) -> {model name: value or None}, in display order."""
+    """``rows``: (task, metric) -> {model name: value or None}, in display order;
+    ``evidence``: the same keys -> {model name: ``Evidence``} for the NMI and top-1 rows, from
+    which the standard error of learned - random is drawn."""
 
     models: list[str]
     rows: dict[tuple[str, str], dict[str, float | None]] = field(default_factory=dict)
+    evidence: dict[tuple[str, str], dict[str, Evidence]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    _standard_errors: dict[tuple[str, str], float | None] = field(default_factory=dict,
+                                                                   repr=False)
 
-    def add(self, task: str, metric: str, model: str, value: float | None) -> None:
+    def add(self, task: str, metric: str, model: str, value: float | None,
+            evidence: Evidence | None = None) -> None:
         self.rows.setdefault((task, metric), {})[model] = value
+        if evidence is not None:
+            self.evidence.setdefault((task, metric), {})[model] = Evidence(
+                evidence.statistic, evidence.truth.cpu(), evidence.predicted.cpu())
 
-    def _with_difference(self, values: dict[str, float | None]) -> dict[str, float | None]:
-        """The row's values, plus "difference" = learned - random when there is a baseline."""
+    def difference_se(self, task: str, metric: str) -> float | None:
+        """Standard error of the row's learned - random from which samples were scored (a
+        paired bootstrap over them); None without both models' evidence on the same samples."""
+        key = (task, metric)
+        if key not in self._standard_errors:
+            sides = self.evidence.get(key, {})
+            learned, baseline = sides.get("learned"), sides.get("random")
+            self._standard_errors[key] = None
+            if learned is not None and baseline is not None and \
+                    torch.equal(learned.truth, baseline.truth):
+                self._standard_errors[key] = metrics.paired_bootstrap_se(
+                    learned.truth, learned.predicted, baseline.predicted, learned.statistic,
+                    resamples=BOOTSTRAP_RESAMPLES)
+        return self._standard_errors[key]
+
+    def _with_difference(self, key: tuple[str, str],
+                         values: dict[str, float | None]) -> dict[str, float | None]:
+        """The row's values, plus "difference" = learned - random and its standard error
+        "difference_se" when there is a baseline."""
         if "random" not in self.models:
             return values
         learned, baseline = values.get("learned"), values.get("random")
         return {**values, "difference": (None if learned is None or baseline is None
-                                         else learned - baseline)}
+                                         else learned - baseline),
+                "difference_se": self.difference_se(*key)}
 
     def markdown(self) -> str:
         random_too = "random" in self.models
-        columns = self.models + (["learned - random"] if random_too else [])
+        columns = self.models + (["learned - random", "s.e."] if random_too else [])
         lines = ["| task | metric | " + " | ".join(columns) + " |",
                  "|---|---|" + "---:|" * len(columns)]
         for (task, metric), values in self.rows.items():
-            row = self._with_difference(values)
+            row = self._with_difference((task, metric), values)
             cells = ["-" if row.get(m) is None else f"{row[m]:.3f}" for m in self.models]
             if random_too:
-                diff = row["difference"]
+                diff, error = row["difference"], row["difference_se"]
                 cells.append("-" if diff is None else f"{diff:+.3f}")
+                cells.append("-" if error is None else f"{error:.3f}")
             lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
         notes = [""] + [f"- {note}" for note in self.notes] if self.notes else []
         return "\n".join(lines + notes) + "\n"
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"task": task, "metric": metric, **self._with_difference(values)}
+        return [{"task": task, "metric": metric, **self._with_difference((task, metric), values)}
                 for (task, metric), values in self.rows.items()]
 
 
@@ -261,13 +302,14 @@ class _BestConv:
     """
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, str], dict[str, float]] = {}
+        self.values: dict[tuple[str, str], dict[str, tuple[float, Evidence | None]]] = {}
         self.cross_validated: dict[str, float] = {}
         self.per_fold: dict[str, list[float]] = {}
 
-    def add(self, layer: str, task: str, metric: str, value: float | None) -> None:
+    def add(self, layer: str, task: str, metric: str, value: float | None,
+            evidence: Evidence | None = None) -> None:
         if layer != EMBED and value is not None:
-            self.values.setdefault((task, metric), {})[layer] = value
+            self.values.setdefault((task, metric), {})[layer] = (value, evidence)
 
     def select(self, layer: str, fold_accuracies: Sequence[float],
                fold_sizes: Sequence[int]) -> float:
@@ -304,7 +346,7 @@ class _BestConv:
                 f"{other} ({difference:+.2f} ± {error:.2f} points)"
                 for other, difference, error in tied) or "no other layer"))
         for (task, metric), values in self.values.items():
-            report.add(task, f"best conv {metric}", name, values.get(layer))
+            report.add(task, f"best conv {metric}", name, *values.get(layer, (None, None)))
 
 
 def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: Splits,
@@ -366,8 +408,10 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
             clustering = f"k={k}" + (" whitened" if power != 0 else "")
             for field_name, metric in CLUSTER_METRICS.items():
                 value = getattr(result, field_name)
-                report.add("cluster", f"{layer} {clustering} {metric}", name, value)
-                best.add(layer, "cluster", f"{clustering} {metric}", value)
+                evidence = Evidence("nmi", train_y, result.assignments) \
+                    if field_name == "nmi" and value is not None else None
+                report.add("cluster", f"{layer} {clustering} {metric}", name, value, evidence)
+                best.add(layer, "cluster", f"{clustering} {metric}", value, evidence)
         if layer == EMBED and k == run_k and power == run_power:
             run_clustering = result
     if "linear" in tasks and has_test_labels:
@@ -376,26 +420,30 @@ def _run_tasks(name: str, model: DeepClusterNet, spec: dict[str, Any], splits: S
             print(f"[{name}] no best conv layer: fewer labelled train samples than the "
                   f"{CV_FOLDS} folds that choose it", flush=True)
         for layer in scored:
-            acc = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
-                                          epochs=opts["probe_epochs"], seed=opts["seed"])
-            report.add("linear", f"{layer} ({train_f[layer].shape[1]} d) top-1 %", name, acc)
-            best.add(layer, "linear", "top-1 %", acc)
+            probe = eval_tasks.linear_probe(train_f[layer], train_y, test_f[layer], test_y,
+                                            epochs=opts["probe_epochs"], seed=opts["seed"])
+            acc, evidence = probe.accuracy, Evidence("accuracy", probe.truth, probe.predicted)
+            report.add("linear", f"{layer} ({train_f[layer].shape[1]} d) top-1 %", name, acc,
+                       evidence)
+            best.add(layer, "linear", "top-1 %", acc, evidence)
             cv_line = ""
             if layer != EMBED and folds is not None:
                 # The folds' accuracies weighted by their sizes: the share of train samples that
                 # the probe not trained on them labels right.
                 cv_acc = best.select(layer, [eval_tasks.linear_probe(
                     train_f[layer][fit], train_y[fit], train_f[layer][held], train_y[held],
-                    epochs=opts["probe_epochs"], seed=opts["seed"]) for fit, held in folds],
+                    epochs=opts["probe_epochs"], seed=opts["seed"]).accuracy
+                    for fit, held in folds],
                     [len(held) for _, held in folds])
                 cv_line = f" (cross-validated on train: {cv_acc:.2f} %)"
             print(f"[{name}] linear {layer}: {acc:.2f} %{cv_line}", flush=True)
     if "knn" in tasks and has_test_labels:
         for layer in scored:
-            for k, acc in eval_tasks.knn_accuracy(train_f[layer], train_y, test_f[layer],
+            for k, knn in eval_tasks.knn_classify(train_f[layer], train_y, test_f[layer],
                                                   test_y, ks=KNN_KS).items():
-                report.add("knn", f"{layer} k={k} top-1 %", name, acc)
-                best.add(layer, "knn", f"k={k} top-1 %", acc)
+                evidence = Evidence("accuracy", knn.truth, knn.predicted)
+                report.add("knn", f"{layer} k={k} top-1 %", name, knn.accuracy, evidence)
+                best.add(layer, "knn", f"k={k} top-1 %", knn.accuracy, evidence)
     best.report(report, name)
     if "retrieval" in tasks and has_test_labels:
         report.add("retrieval", "mAP %", name,

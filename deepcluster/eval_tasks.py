@@ -19,7 +19,8 @@ import dc_kernels
 
 from . import metrics
 
-__all__ = ["ClusterResult", "cluster", "knn_accuracy", "linear_probe", "retrieval_map"]
+__all__ = ["ClusterResult", "Predictions", "cluster", "knn_classify", "linear_probe",
+           "retrieval_map"]
 
 
 @dataclass
@@ -67,6 +68,22 @@ def cluster(features: torch.Tensor, labels: torch.Tensor, k: int, *, pca_dim: in
                          whitened=whitened, **scores)
 
 
+@dataclass
+class Predictions:
+    """A classifier's answers on the labelled test samples: ``truth`` and ``predicted`` (N,)
+    int64 in the train split's classes renumbered 0..C-1 (a test class absent from the train
+    split is -2 in ``truth``: always an error). Kept whole so that two feature sets scored on
+    the same samples can be compared sample by sample (``metrics.paired_bootstrap_se``)."""
+
+    truth: torch.Tensor
+    predicted: torch.Tensor
+
+    @property
+    def accuracy(self) -> float:
+        """Top-1 accuracy in percent."""
+        return 100.0 * float((self.predicted == self.truth).double().mean())
+
+
 def _known(x: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     keep = y >= 0
     if not bool(keep.any()):
@@ -93,8 +110,9 @@ PROBE_EPOCHS = 30  # see linear_probe
 
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, *, epochs: int = PROBE_EPOCHS, batch_size: int = 1024,
-                 lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> float:
-    """Top-1 accuracy (%) on the test split of a linear classifier trained on frozen features.
+                 lr: float = 0.05, weight_decay: float = 1e-4, seed: int = 0) -> Predictions:
+    """A linear classifier trained on frozen features of the train split, applied to the test
+    split (``.accuracy``: its top-1 %).
 
     Features are standardised with the train split's statistics (conv activations of different
     layers differ in scale by orders of magnitude; one step size then serves them all). The
@@ -133,19 +151,20 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
             optimizer.step()
             schedule.step()
     with torch.no_grad():
-        correct = sum(int((probe(test_x[i:i + 4096]).argmax(1) == test_y[i:i + 4096]).sum())
-                      for i in range(0, test_x.shape[0], 4096))
-    return 100.0 * correct / test_x.shape[0]
+        predicted = torch.cat([probe(test_x[i:i + 4096]).argmax(1)
+                               for i in range(0, test_x.shape[0], 4096)])
+    return Predictions(test_y, predicted)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x.float() / x.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+def knn_classify(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, ks: tuple[int, ...] = (20, 200),
-                 temperature: float = 0.07, chunk: int = 1024) -> dict[int, float]:
-    """Weighted k-nearest-neighbour top-1 accuracy (%) for each k, cosine similarity.
+                 temperature: float = 0.07, chunk: int = 1024) -> dict[int, Predictions]:
+    """Weighted k-nearest-neighbour classification of the test split for each k, cosine
+    similarity (``.accuracy``: top-1 %).
 
     Each of the k most similar train samples votes for its class with weight exp(sim / T)
     (Wu et al. 2018, the usual kNN monitor of self-supervised features). k larger than the
@@ -156,19 +175,18 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     bank, queries = _unit(train_x), _unit(test_x)
     train_y, test_y, classes = _compact_labels(train_y, test_y)
     kmax = min(max(ks), bank.shape[0])
-    correct = dict.fromkeys(ks, 0)
+    predicted: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, queries.shape[0], chunk):
         sims = queries[start:start + chunk] @ bank.T
         top_sims, top_idx = sims.topk(kmax, dim=1)
         weights = (top_sims / temperature).exp()
         votes_for = train_y[top_idx]
-        truth = test_y[start:start + chunk]
         for k in ks:
             kk = min(k, kmax)
             scores = torch.zeros(sims.shape[0], classes, device=sims.device)
             scores.scatter_add_(1, votes_for[:, :kk], weights[:, :kk])
-            correct[k] += int((scores.argmax(1) == truth).sum())
-    return {k: 100.0 * c / queries.shape[0] for k, c in correct.items()}
+            predicted[k].append(scores.argmax(1))
+    return {k: Predictions(test_y, torch.cat(parts)) for k, parts in predicted.items()}
 
 
 def retrieval_map(query_x: torch.Tensor, query_y: torch.Tensor, db_x: torch.Tensor,

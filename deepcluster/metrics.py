@@ -16,6 +16,7 @@ Conventions shared by every function:
   labelings.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["adjusted_rand_index", "clustering_accuracy", "contingency_matrix", "nmi", "purity"]
+__all__ = ["adjusted_rand_index", "clustering_accuracy", "contingency_matrix", "nmi",
+           "paired_bootstrap_se", "purity"]
 
 
 @dataclass
@@ -101,12 +103,31 @@ def contingency_matrix(labels_a: Any, labels_b: Any) -> torch.Tensor:
     return table
 
 
-def _entropy(sizes: torch.Tensor, n: int) -> torch.Tensor:
-    p = sizes[sizes > 0].double() / n
-    return -(p * p.log()).sum()
-
-
 NMI_AVERAGES = ("geometric", "arithmetic")
+
+
+def _nmi_of_cells(cells: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int,
+                  average: str) -> torch.Tensor:
+    """NMI of B contingency tables at once: ``cells`` (B, C) float64 counts of C cells whose row
+    and column indices are ``rows`` and ``cols`` (C,); every table holds ``n`` samples. (B,)."""
+    n_rows, n_cols = int(rows.max()) + 1, int(cols.max()) + 1
+    row_sums = cells.new_zeros(cells.shape[0], n_rows).index_add_(1, rows, cells)
+    col_sums = cells.new_zeros(cells.shape[0], n_cols).index_add_(1, cols, cells)
+    outer = row_sums[:, rows] * col_sums[:, cols]
+    full = cells > 0
+    terms = cells / n * (cells.log() + math.log(n) - outer.log())
+    mi = torch.where(full, terms, torch.zeros_like(terms)).sum(1).clamp_min(0.0)
+
+    def entropy(sums: torch.Tensor) -> torch.Tensor:
+        p = sums / n
+        return -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(1)
+
+    h_a, h_b = entropy(row_sums), entropy(col_sums)
+    mean = (h_a * h_b).sqrt() if average == "geometric" else (h_a + h_b) / 2.0
+    score = torch.where(mi > 0, mi / mean.clamp_min(1e-300), torch.zeros_like(mi))
+    # Both labelings one cluster each: identical partitions (scikit-learn's 1.0).
+    single = ((row_sums > 0).sum(1) == 1) & ((col_sums > 0).sum(1) == 1)
+    return torch.where(single, torch.ones_like(score), score)
 
 
 def nmi(labels_a: Any, labels_b: Any, average: str = "geometric") -> float:
@@ -120,19 +141,59 @@ def nmi(labels_a: Any, labels_b: Any, average: str = "geometric") -> float:
     if average not in NMI_AVERAGES:
         raise ValueError(f"average must be one of {NMI_AVERAGES}, got {average!r}")
     c = _contingency(labels_a, labels_b)
-    n_a, n_b = c.row_sums.numel(), c.col_sums.numel()
-    if n_a == 1 and n_b == 1:
-        return 1.0
-    cells = c.cells.double()
-    outer = c.row_sums[c.rows].double() * c.col_sums[c.cols].double()
-    mi = float((cells / c.n * (cells.log() + np.log(c.n) - outer.log())).sum().clamp_min(0.0))
-    if mi == 0.0:
-        return 0.0
-    h_a = float(_entropy(c.row_sums, c.n))
-    h_b = float(_entropy(c.col_sums, c.n))
-    if average == "geometric":
-        return mi / float(np.sqrt(h_a * h_b))
-    return mi / ((h_a + h_b) / 2.0)
+    return float(_nmi_of_cells(c.cells[None].double(), c.rows, c.cols, c.n, average)[0])
+
+
+BOOTSTRAP_STATISTICS = ("nmi", "accuracy")
+
+
+def paired_bootstrap_se(truth: Any, predicted_a: Any, predicted_b: Any, statistic: str, *,
+                        resamples: int = 200, seed: int = 0) -> float:
+    """Standard error of ``statistic(truth, predicted_a) - statistic(truth, predicted_b)`` due
+    to which samples were scored: the spread (ddof 1) of that difference over ``resamples``
+    bootstrap resamples of the samples, each resample shared by both sides (so what the two
+    predictions have in common cancels, as in a paired test).
+
+    ``statistic``: "nmi" (the paper's, geometric; samples with a negative ``truth`` are left
+    out) or "accuracy" (percent of samples whose prediction equals ``truth``; a negative truth
+    counts as an error, e.g. a class the classifier could not have learned). It says nothing
+    about the other sources of spread: training seeds, k-means starts, the probe's SGD.
+
+    The samples enter only through their distinct (truth, a, b) triples, so a resample is one
+    multinomial draw over those and the cost does not grow with the number of samples.
+    """
+    if statistic not in BOOTSTRAP_STATISTICS:
+        raise ValueError(f"statistic must be one of {BOOTSTRAP_STATISTICS}, got {statistic!r}")
+    if resamples < 2:
+        raise ValueError(f"resamples must be at least 2, got {resamples}")
+    t = _as_labels(truth, "truth", torch.device("cpu"))
+    a = _as_labels(predicted_a, "predicted_a", torch.device("cpu"))
+    b = _as_labels(predicted_b, "predicted_b", torch.device("cpu"))
+    if not t.shape == a.shape == b.shape:
+        raise ValueError(f"truth and predictions differ in length: {t.numel()}, {a.numel()} "
+                         f"and {b.numel()}")
+    if statistic == "nmi":
+        known = (t >= 0) & (a >= 0) & (b >= 0)
+        t, a, b = t[known], a[known], b[known]
+    if t.numel() == 0:
+        raise ValueError("no sample to resample")
+    n = t.numel()
+    triples, counts = torch.unique(torch.stack([t, a, b], 1), dim=0, return_counts=True)
+    draws = np.random.default_rng(seed).multinomial(n, counts.double().numpy() / n,
+                                                    size=resamples)
+    weights = torch.from_numpy(draws).double()  # (resamples, distinct triples)
+    sides = []
+    for column in (1, 2):
+        if statistic == "accuracy":
+            correct = (triples[:, 0] == triples[:, column]).double()
+            sides.append(100.0 * (weights @ correct) / n)
+            continue
+        pairs, cell = torch.unique(triples[:, [0, column]], dim=0, return_inverse=True)
+        _, rows = torch.unique(pairs[:, 0], return_inverse=True)
+        _, cols = torch.unique(pairs[:, 1], return_inverse=True)
+        cells = weights.new_zeros(resamples, pairs.shape[0]).index_add_(1, cell, weights)
+        sides.append(_nmi_of_cells(cells, rows, cols, n, "geometric"))
+    return float((sides[0] - sides[1]).std())
 
 
 def adjusted_rand_index(true: Any, pred: Any) -> float:

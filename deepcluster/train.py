@@ -63,7 +63,7 @@ from .data import (
     normalize,
 )
 from .distributed import print0
-from .eval_tasks import knn_accuracy
+from .eval_tasks import knn_classify
 from .memory import check_fits
 from .models import DeepClusterNet, build_model
 from .progress import Progress
@@ -302,8 +302,8 @@ def knn_monitor(features: torch.Tensor, labels: np.ndarray | None, seed: int) ->
     y = torch.from_numpy(np.asarray(labels)[np.concatenate([queries, bank])]).long().to(device)
     if int((y[:len(queries)] >= 0).sum()) == 0 or int((y[len(queries):] >= 0).sum()) == 0:
         return None
-    return knn_accuracy(rows[len(queries):], y[len(queries):], rows[:len(queries)],
-                        y[:len(queries)], ks=(20,))[20]
+    return knn_classify(rows[len(queries):], y[len(queries):], rows[:len(queries)],
+                        y[:len(queries)], ks=(20,))[20].accuracy
 
 
 def _label_scores(true: np.ndarray | None, pred: torch.Tensor) -> tuple[float | None, float | None]:

@@ -49,9 +49,9 @@ def _separable(n: int, d: int, classes: int, seed: int) -> tuple[torch.Tensor, t
 
 def test_linear_probe_separable_reaches_100() -> None:
     x, y = _separable(1200, 20, 4, seed=0)
-    acc = eval_tasks.linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=20,
-                                  batch_size=100, seed=0)
-    assert acc == 100.0
+    probe = eval_tasks.linear_probe(x[:1000], y[:1000], x[1000:], y[1000:], epochs=20,
+                                    batch_size=100, seed=0)
+    assert probe.accuracy == 100.0 and probe.predicted.shape == (200,)
 
 
 def test_linear_probe_chance_on_noise_and_unknown_labels() -> None:
@@ -59,7 +59,7 @@ def test_linear_probe_chance_on_noise_and_unknown_labels() -> None:
     x = torch.from_numpy(rng.normal(size=(600, 10))).float()
     y = torch.from_numpy(rng.integers(0, 4, 600)).long()
     y[::3] = -1  # unknown labels are left out, they must not become a class
-    acc = eval_tasks.linear_probe(x[:400], y[:400], x[400:], y[400:], epochs=5)
+    acc = eval_tasks.linear_probe(x[:400], y[:400], x[400:], y[400:], epochs=5).accuracy
     assert acc < 45.0  # 4 balanced classes of pure noise: about 25 %
 
 
@@ -87,9 +87,9 @@ def test_knn_matches_brute_force() -> None:
     test_x = centers[test_y] + 1.2 * rng.normal(size=(120, 16))
     # Sparse label values: 0..4 -> 3, 10, 17, ...
     train_y, test_y = train_y * 7 + 3, test_y * 7 + 3
-    got = eval_tasks.knn_accuracy(torch.from_numpy(train_x), torch.from_numpy(train_y),
-                                  torch.from_numpy(test_x), torch.from_numpy(test_y),
-                                  ks=(1, 20, 200, 1000), chunk=50)
+    got = {k: p.accuracy for k, p in eval_tasks.knn_classify(
+        torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+        torch.from_numpy(test_y), ks=(1, 20, 200, 1000), chunk=50).items()}
     for k in (1, 20, 200):
         assert got[k] == pytest.approx(_knn_reference(train_x, train_y, test_x, test_y, k))
     assert got[1000] == pytest.approx(_knn_reference(train_x, train_y, test_x, test_y, 500))
@@ -217,12 +217,19 @@ def test_end_to_end_cli(tiny_run, tmp_path, capsys) -> None:
     for row in ("k=10 NMI", "k=10 whitened NMI", "k=8 whitened purity", "conv1", "conv5",
                 "k=20 top-1 %", "k=200 top-1 %", "mAP %"):
         assert row in table and row in printed
-    assert "| task | metric | learned | random | learned - random |" in table
+    assert "| task | metric | learned | random | learned - random | s.e. |" in table
     rows = {(r["task"], r["metric"]): r for r in
             json.loads((out / "results.json").read_text())}
-    # Beside every number, the random baseline and the difference.
+    # Beside every number, the random baseline and the difference; beside the NMI and top-1
+    # differences, their standard error from which samples were scored (a paired bootstrap,
+    # tested in test_metrics), and none for the scores it is not drawn for.
     assert all(r["difference"] == pytest.approx(r["learned"] - r["random"])
                for r in rows.values())
+    for (task, metric), r in rows.items():
+        if metric.endswith(("NMI", "top-1 %")):
+            assert r["difference_se"] > 0.0, (task, metric)
+        else:
+            assert r["difference_se"] is None, (task, metric)
     # Cluster, kNN and linear score the embedding and every conv layer; the "best conv" rows
     # repeat, per model, the conv layer whose probe scores highest in the cross-validation.
     convs = [f"conv{i}" for i in range(1, 6)]

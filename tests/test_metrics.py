@@ -138,6 +138,60 @@ def test_contingency_matrix() -> None:
     np.testing.assert_array_equal(metrics.contingency_matrix(a, b).numpy(), expected)
 
 
+def _noisy_copy(rng: np.random.Generator, truth: np.ndarray, keep: float) -> np.ndarray:
+    return np.where(rng.random(truth.size) < keep, truth, rng.integers(0, 12, truth.size))
+
+
+def test_paired_bootstrap_se_of_nmi_matches_an_index_bootstrap() -> None:
+    # Reference: resample the samples themselves and score both sides with scikit-learn.
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 10, 1000)
+    a, b = _noisy_copy(rng, truth, 0.6), _noisy_copy(rng, truth, 0.5)
+    truth[rng.random(1000) < 0.1] = -1  # unknown labels are left out on both sides
+    known = truth >= 0
+    t, ka, kb = truth[known], a[known], b[known]
+    differences = []
+    for _ in range(1500):
+        i = rng.integers(0, t.size, t.size)
+        differences.append(normalized_mutual_info_score(t[i], ka[i], average_method="geometric")
+                           - normalized_mutual_info_score(t[i], kb[i], average_method="geometric"))
+    expected = np.std(differences, ddof=1)
+    got = metrics.paired_bootstrap_se(truth, a, b, "nmi", resamples=1500, seed=1)
+    assert got == pytest.approx(expected, rel=0.12)  # both Monte Carlo: about 3 % each
+
+
+def test_paired_bootstrap_se_of_accuracy_matches_the_paired_formula() -> None:
+    rng = np.random.default_rng(4)
+    truth = rng.integers(0, 5, 2000)
+    a, b = _noisy_copy(rng, truth, 0.8), _noisy_copy(rng, truth, 0.7)
+    truth[:50] = -2  # a class the classifier never saw: an error on both sides
+    d = 100.0 * ((a == truth).astype(float) - (b == truth))
+    expected = d.std() / np.sqrt(d.size)
+    got = metrics.paired_bootstrap_se(torch.from_numpy(truth), a, b, "accuracy", resamples=4000)
+    assert got == pytest.approx(expected, rel=0.08)
+
+
+def test_paired_bootstrap_se_is_zero_when_the_sides_agree() -> None:
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 10, 500)
+    a = _noisy_copy(rng, truth, 0.5)
+    assert metrics.paired_bootstrap_se(truth, a, a, "accuracy") == 0.0
+    # Renamed clusters are the same partition: every resample scores both sides alike.
+    renamed = (a * 7 + 3) % 97
+    assert metrics.paired_bootstrap_se(truth, a, renamed, "nmi") == pytest.approx(0.0, abs=1e-12)
+
+
+def test_paired_bootstrap_se_bad_input() -> None:
+    with pytest.raises(ValueError, match="statistic"):
+        metrics.paired_bootstrap_se([0, 1], [0, 1], [1, 0], "ari")
+    with pytest.raises(ValueError, match="resamples"):
+        metrics.paired_bootstrap_se([0, 1], [0, 1], [1, 0], "nmi", resamples=1)
+    with pytest.raises(ValueError, match="length"):
+        metrics.paired_bootstrap_se([0, 1, 2], [0, 1], [1, 0, 1], "accuracy")
+    with pytest.raises(ValueError, match="no sample"):
+        metrics.paired_bootstrap_se([-1, -1], [0, 1], [1, 0], "nmi")
+
+
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="length"):
         metrics.nmi([0, 1, 2], [0, 1])
