@@ -110,8 +110,9 @@ class EvalReport:
     evidence: dict[tuple[str, str], dict[str, Evidence]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-    _standard_errors: dict[tuple[str, str], float | None] = field(default_factory=dict,
-                                                                   repr=False)
+    # difference_se's answers, each drawn once (markdown and to_json both ask).
+    _standard_errors: dict[tuple[str, str], float | None] = field(
+        default_factory=dict, init=False, repr=False)
 
     def add(self, task: str, metric: str, model: str, value: float | None,
             evidence: Evidence | None = None) -> None:
