@@ -95,7 +95,7 @@ class ImageSet:
     class_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # files left out, and why
     native_size: int = 0                  # typical largest side of the images (0: unknown)
-    grey: bool = False                    # no colour: one channel, or files of grey modes
+    grey: bool = False                    # no colour: one channel or three equal planes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -189,6 +189,12 @@ def decode_file(path: str) -> torch.Tensor:
 
 # ---- in-memory sets ---------------------------------------------------------------------------
 
+def _equal_planes(x: torch.Tensor) -> bool:
+    """Whether uint8 images (..., 3, H, W) have no colour: their three planes are equal."""
+    return bool(torch.equal(x[..., 0, :, :], x[..., 1, :, :])
+                and torch.equal(x[..., 1, :, :], x[..., 2, :, :]))
+
+
 def _from_array(name: str, x: np.ndarray, y: np.ndarray | None) -> ImageSet:
     if x.ndim == 3:
         x = x[:, None]
@@ -208,8 +214,7 @@ def _from_array(name: str, x: np.ndarray, y: np.ndarray | None) -> ImageSet:
             raise DataError(f"{name}: labels must be {len(x)} integers, got {y.dtype} {y.shape}")
         labels = y.astype(np.int64)
     images = torch.from_numpy(np.ascontiguousarray(x))
-    grey = images.shape[1] == 1 or bool(torch.equal(images[:, 0], images[:, 1])
-                                        and torch.equal(images[:, 1], images[:, 2]))
+    grey = images.shape[1] == 1 or _equal_planes(images)
     return ImageSet(name, images, images.shape[1], labels, native_size=max(x.shape[2:]),
                     grey=grey)
 
@@ -315,20 +320,28 @@ def _is_grey_mode(mode: str) -> bool:
 
 def _header_sample(index: FileIndex) -> tuple[np.ndarray, bool, list[tuple[str, str]]]:
     """Largest sides read from the headers of up to ``HEADER_SAMPLE`` files spread over the
-    index (no decoding), whether every one of them is of a grey mode, and the files among them
-    that do not open."""
+    index, whether none of them has colour, and the files among them that do not open.
+
+    A file has no colour when its mode is grey (read from the header) or when it decodes to
+    three equal planes: grey images saved as RGB, a common export, decode exactly so (JPEG
+    included, whose chroma is then flat). Decoding stops at the first file with colour, so a
+    folder of photographs decodes one file.
+    """
     picks = np.unique(np.linspace(0, len(index) - 1, min(len(index), HEADER_SAMPLE)).round())
-    sides, modes, bad = [], set(), []
+    sides, grey, bad = [], True, []
     for i in picks.astype(np.int64):
         path = index.path(int(i))
         try:
             with Image.open(path) as img:
-                sides.append(max(img.size))
-                modes.add(img.mode)
+                side, mode = max(img.size), img.mode
+            if grey and not _is_grey_mode(mode):
+                grey = _equal_planes(decode_file(path))
+            sides.append(side)
+        except UnreadableImage as exc:
+            bad.append((path, str(exc).removeprefix(f"{path}: ")))
         except Exception as exc:  # any failure means the file is unusable
             bad.append((path, f"{type(exc).__name__}: {exc}"))
-    grey = bool(modes) and all(map(_is_grey_mode, modes))
-    return np.asarray(sides, dtype=np.int64), grey, bad
+    return np.asarray(sides, dtype=np.int64), grey and bool(sides), bad
 
 
 _CHECKED: FileIndex | None = None  # the index a --check-images worker process reads

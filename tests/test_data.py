@@ -210,7 +210,14 @@ def test_grey_images_are_told_from_colour_ones(tmp_path):
     assert images.grey and images.channels == 3 and images.subset(np.array([1, 0])).grey
     data.save_index(images, tmp_path / "index.npz")
     assert data.read_index(tmp_path / "index.npz", root).grey
-    Image.fromarray(RGB).save(root / "a" / "4.png")
+    # Grey images saved as RGB (PNG, and JPEG, whose flat chroma decodes to equal planes) are
+    # grey too; one file with colour among them makes the folder colour.
+    plane = RNG.integers(0, 256, (7, 9), dtype=np.uint8)
+    Image.fromarray(plane).convert("RGB").save(root / "a" / "4.png")
+    Image.fromarray(plane).convert("RGB").save(root / "a" / "5.jpg", quality=80)
+    assert Image.open(root / "a" / "5.jpg").mode == "RGB"
+    assert data.load_images(str(root), show=False).grey
+    Image.fromarray(RGB).save(root / "a" / "6.png")
     assert not data.load_images(str(root), show=False).grey
 
 
