@@ -184,6 +184,23 @@ def test_make_image_folder_writes_the_drawn_images_under_their_classes(tmp_path)
     assert len(images) == 30 and images.grey and images.native_size == 12
     assert sorted(images.class_names[y] for y in images.labels) == \
         sorted(str(digits.target[i]) for i in drawn)
+    # --colour: the same draw and size, each image in its own two colours, read back as colour.
+    assert make_image_folder("digits", tmp_path / "c", count=30, seed=4, size=12,
+                             colour=True) == 30
+    colours = np.random.default_rng([4, 1])
+    inks = []
+    for index in drawn.tolist():
+        ink, background = colours.integers(128, 256, 3), colours.integers(0, 128, 3)
+        inks.append(ink)
+        f = tmp_path / "c" / str(digits.target[index]) / f"{index:04d}.png"
+        g = np.asarray(Image.open(tmp_path / "d" / f.parent.name / f.name), dtype=np.float64)
+        want = np.stack([np.rint(b + (i - b) * g / 255)
+                         for i, b in zip(ink, background, strict=True)], -1)
+        image = Image.open(f)
+        assert image.mode == "RGB"
+        np.testing.assert_allclose(np.asarray(image), want, atol=1)  # rounding of i*g + b*(1-g)
+    assert len({tuple(i) for i in inks}) == 30
+    assert not load_images(str(tmp_path / "c")).grey
     with pytest.raises(ValueError, match="not empty"):
         make_image_folder("digits", tmp_path / "d", count=3)
     with pytest.raises(ValueError, match="fewer than --count 2000"):
